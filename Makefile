@@ -1,0 +1,33 @@
+# coord-extproc: `make help` lists the targets.
+GO      ?= go
+BIN     := bin/coord-extproc
+PKGS    := ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: help deps build test bench lint demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
+
+deps: ## install valkey-server if missing (Debian: bookworm-backports)
+	@scripts/deps.sh
+
+build: ## build bin/coord-extproc
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/coord-extproc
+
+test: deps ## unit and end-to-end tests with the race detector (real valkey-server)
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+
+bench: deps ## benchmarks (Go micro-benchmarks with -benchmem)
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+lint: ## gofmt check and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+demo: ## run the whole stack locally with sample traffic
+	@echo "make demo is not built yet: it arrives with the demo issue. Run 'make test' meanwhile."; exit 1
+
+clean: ## remove build output
+	rm -rf bin

@@ -1,0 +1,71 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// Binding is a destination's set split by member state.
+type Binding struct {
+	Live []strategy.Candidate
+	Dead []string
+	// Unroutable members are live but their address cannot be used.
+	Unroutable []string
+}
+
+// Lookup returns the destination's members by state, for delete routes and
+// operators. An empty set is confirmed against Valkey and is ErrNotFound.
+func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
+	if err := ValidateID(destID); err != nil {
+		return Binding{}, err
+	}
+	now := r.opt.Now()
+	e, _, err := r.destSet(ctx, destID, now)
+	if err != nil {
+		return Binding{}, err
+	}
+	ids := e.ids
+	if len(ids) == 0 {
+		if ids, err = r.readSet(ctx, r.keys.dest(destID)); err != nil {
+			return Binding{}, err
+		}
+		if len(ids) == 0 {
+			return Binding{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
+		}
+	}
+	ms, err := r.memberEntries(ctx, ids, now)
+	if err != nil {
+		return Binding{}, err
+	}
+	v := buildView(ms, 0, now, 0)
+	return Binding{Live: v.live, Dead: v.dead, Unroutable: v.unroutable}, nil
+}
+
+// Bind adds memberID to the destination's set (create routes).
+func (r *Registry) Bind(ctx context.Context, destID, memberID string) error {
+	if err := ValidateID(destID); err != nil {
+		return err
+	}
+	if err := ValidateID(memberID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	err := r.client.Do(ctx, r.client.B().Sadd().Key(r.keys.dest(destID)).Member(memberID).Build()).Error()
+	r.sets.Remove(destID)
+	return r.valkeyErr(err)
+}
+
+// DeleteDestination removes the destination's set (delete routes).
+func (r *Registry) DeleteDestination(ctx context.Context, destID string) error {
+	if err := ValidateID(destID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	err := r.client.Do(ctx, r.client.B().Del().Key(r.keys.dest(destID)).Build()).Error()
+	r.sets.Remove(destID)
+	return r.valkeyErr(err)
+}

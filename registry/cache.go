@@ -1,0 +1,205 @@
+package registry
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// freshness is what every cached record carries: when it was read, in
+// which flush generation, and whether an invalidation has hit it since.
+// An entry that is not fresh is kept as the last known good answer.
+type freshness struct {
+	fetched  time.Time
+	flushGen uint64
+	invalid  atomic.Bool
+}
+
+func (r *Registry) fresh(f *freshness, now time.Time) bool {
+	return !f.invalid.Load() && f.flushGen == r.flushGen.Load() && now.Sub(f.fetched) < r.opt.CacheTTL
+}
+
+func (r *Registry) stamp(f *freshness, now time.Time, flushGen uint64) {
+	f.fetched, f.flushGen = now, flushGen
+}
+
+// setEntry is a cached destination set (or the members set).
+type setEntry struct {
+	freshness
+	ids  []string // sorted, so round-robin order is stable across reloads
+	view atomic.Pointer[setView]
+}
+
+// setView is a set's members split by state, built from member records.
+// It is rebuilt when any member record changes (memberGen).
+type setView struct {
+	memberGen  uint64
+	expires    time.Time
+	confirmed  time.Time // when the oldest record in it was read
+	live       []strategy.Candidate
+	dead       []string
+	unroutable []string
+	cleaning   atomic.Bool
+}
+
+func (v *setView) usable(gen uint64, now time.Time) bool {
+	return v != nil && v.memberGen == gen && now.Before(v.expires)
+}
+
+type memberEntry struct {
+	freshness
+	id   string
+	live bool   // the record exists with a non-empty address
+	addr string // IP:port; empty when live but unroutable
+	load int64
+}
+
+func (m *memberEntry) candidate() strategy.Candidate {
+	return strategy.Candidate{ID: m.id, Address: m.addr, Load: m.load}
+}
+
+// fetchSet reads a set through valkey-go's tracked cache and stores the
+// result with store. The invalidation sequence is checked after storing:
+// an invalidation that raced with the read leaves the entry marked for
+// re-validation instead of trusted for a whole TTL.
+func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, store func(*setEntry)) (*setEntry, error) {
+	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	ids, err := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL).AsStrSlice()
+	if err = r.valkeyErr(err); err != nil {
+		return nil, err
+	}
+	slices.Sort(ids)
+	e := &setEntry{ids: ids}
+	r.stamp(&e.freshness, now, gen)
+	store(e)
+	if r.invSeq.Load() != seq {
+		e.invalid.Store(true)
+	}
+	return e, nil
+}
+
+// destSet returns the destination's set entry, fresh, and the stale one it
+// replaces (nil if none) for use when Valkey fails.
+func (r *Registry) destSet(ctx context.Context, destID string, now time.Time) (cur, old *setEntry, err error) {
+	old, ok := r.sets.Get(destID)
+	if ok && r.fresh(&old.freshness, now) {
+		return old, nil, nil
+	}
+	cur, err = r.fetchSet(ctx, r.keys.dest(destID), now, func(e *setEntry) { r.sets.Add(destID, e) })
+	return cur, old, err
+}
+
+func (r *Registry) allSet(ctx context.Context, now time.Time) (cur, old *setEntry, err error) {
+	old = r.all.Load()
+	if old != nil && r.fresh(&old.freshness, now) {
+		return old, nil, nil
+	}
+	cur, err = r.fetchSet(ctx, r.keys.members(), now, r.all.Store)
+	return cur, old, err
+}
+
+// memberEntries returns the records of ids, reading the ones not cached
+// in a single pipelined call.
+func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Time) ([]*memberEntry, error) {
+	out := make([]*memberEntry, len(ids))
+	var missing []int
+	for i, id := range ids {
+		if e, ok := r.members.Get(id); ok && r.fresh(&e.freshness, now) {
+			out[i] = e
+			continue
+		}
+		missing = append(missing, i)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	cmds := make([]valkey.CacheableTTL, len(missing))
+	for j, i := range missing {
+		cmds[j] = valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL)
+	}
+	vctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	results := r.client.DoMultiCache(vctx, cmds...)
+	cancel()
+	for j, i := range missing {
+		fields, err := results[j].AsStrMap()
+		if err = r.valkeyErr(err); err != nil {
+			return nil, err
+		}
+		e := r.memberFromFields(ctx, ids[i], fields)
+		r.stamp(&e.freshness, now, gen)
+		r.members.Add(ids[i], e)
+		out[i] = e
+	}
+	if r.invSeq.Load() != seq {
+		for _, i := range missing {
+			out[i].invalid.Store(true)
+		}
+	}
+	return out, nil
+}
+
+// dnsTimeout caps a hostname lookup; it happens once per DNS TTL per host.
+const dnsTimeout = time.Second
+
+func (r *Registry) memberFromFields(ctx context.Context, id string, fields map[string]string) *memberEntry {
+	e := &memberEntry{id: id}
+	raw := fields["address"]
+	if raw == "" {
+		return e // gone, or a record without an address: not live
+	}
+	e.live = true
+	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
+	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
+	defer cancel()
+	addr, err := r.addrs.resolve(ctx, raw)
+	if err != nil {
+		r.logBadAddress(id, raw, err)
+		return e
+	}
+	e.addr = addr
+	return e
+}
+
+// viewOf returns the set's members split into live candidates, dead and
+// unroutable ids.
+func (r *Registry) viewOf(ctx context.Context, e *setEntry, now time.Time) (*setView, error) {
+	gen := r.memberGen.Load()
+	if v := e.view.Load(); v.usable(gen, now) {
+		return v, nil
+	}
+	ms, err := r.memberEntries(ctx, e.ids, now)
+	if err != nil {
+		return nil, err
+	}
+	v := buildView(ms, gen, e.fetched, r.opt.CacheTTL)
+	e.view.Store(v)
+	return v, nil
+}
+
+func buildView(ms []*memberEntry, gen uint64, setFetched time.Time, ttl time.Duration) *setView {
+	v := &setView{memberGen: gen, confirmed: setFetched}
+	for _, m := range ms {
+		if m.fetched.Before(v.confirmed) {
+			v.confirmed = m.fetched
+		}
+		switch {
+		case !m.live:
+			v.dead = append(v.dead, m.id)
+		case m.addr == "":
+			v.unroutable = append(v.unroutable, m.id)
+		default:
+			v.live = append(v.live, m.candidate())
+		}
+	}
+	v.expires = v.confirmed.Add(ttl)
+	return v
+}

@@ -1,0 +1,43 @@
+package registry
+
+import "errors"
+
+// Outcomes callers branch on. Check them with errors.Is.
+var (
+	// ErrInvalidID: the id cannot be used in a key (400).
+	ErrInvalidID = errors.New("invalid id")
+	// ErrNotFound: the destination has no binding, or only dead members and
+	// orphan reassignment is off (404).
+	ErrNotFound = errors.New("destination not found")
+	// ErrNoCapacity: no live, routable member could be picked (503).
+	ErrNoCapacity = errors.New("no live member available")
+	// ErrRegistryUnavailable: Valkey failed or timed out and no last known
+	// good answer younger than StaleMax exists (503).
+	ErrRegistryUnavailable = errors.New("registry unavailable")
+	// ErrRecovering: the registry was recently emptied (restart, flush,
+	// fail-over) and pods may still be re-asserting their bindings, so no
+	// destination is claimed or reassigned yet (503, retry shortly).
+	ErrRecovering = errors.New("registry recovering: waiting for pods to re-assert bindings")
+	// ErrLockNotFound: no such lock record (404).
+	ErrLockNotFound = errors.New("lock not found")
+	// ErrLockOwnerGone: the lock's pod is no longer live; the pinned
+	// resource is lost (410).
+	ErrLockOwnerGone = errors.New("lock owner is gone")
+	// ErrReservedField: lock metadata tried to set podId or destinationId.
+	ErrReservedField = errors.New("reserved lock field")
+	// ErrBadAddress: a member address that cannot be turned into IP:port.
+	ErrBadAddress = errors.New("unroutable member address")
+)
+
+// Result names a resolution outcome; the values are the metric labels and
+// log values of SPEC §7.
+type Result string
+
+// Results of a successful resolution.
+const (
+	ResultHit              Result = "hit"
+	ResultClaimed          Result = "claimed"
+	ResultOrphanReassigned Result = "orphan_reassigned"
+	ResultStale            Result = "stale"
+	ResultLockHit          Result = "lock_hit"
+)

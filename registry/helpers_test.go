@@ -1,0 +1,103 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// rawClient is a plain connection used to play other pods, replicas or an
+// operator writing the registry directly.
+func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client {
+	t.Helper()
+	c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatalf("connect raw client: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newRegistry(t testing.TB, srv *valkeytest.Server, mod func(*Options)) *Registry {
+	t.Helper()
+	opt := Options{
+		Client:     valkey.ClientOption{InitAddress: []string{srv.Addr()}},
+		ClaimGrace: -1, // tests of the recovery guard turn it on
+		Strategy:   strategy.NewRoundRobin(0),
+	}
+	if mod != nil {
+		mod(&opt)
+	}
+	r, err := New(context.Background(), opt)
+	if err != nil {
+		t.Fatalf("registry.New: %v", err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+func newMember(t testing.TB, c valkey.Client, id string, port int, mod func(*MemberOptions)) *Member {
+	t.Helper()
+	opt := MemberOptions{Client: c, ID: id, Address: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	if mod != nil {
+		mod(&opt)
+	}
+	m, err := NewMember(opt)
+	if err != nil {
+		t.Fatalf("NewMember(%s): %v", id, err)
+	}
+	return m
+}
+
+func do(t testing.TB, c valkey.Client, args ...string) valkey.ValkeyResult {
+	t.Helper()
+	res := c.Do(context.Background(), c.B().Arbitrary(args...).Build())
+	if err := res.Error(); err != nil && !valkey.IsValkeyNil(err) {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return res
+}
+
+func smembers(t testing.TB, c valkey.Client, key string) []string {
+	t.Helper()
+	s, err := do(t, c, "SMEMBERS", key).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(s)
+	return s
+}
+
+// nodeMember writes a member exactly as @platformatic/coordinator does.
+func nodeMember(t testing.TB, c valkey.Client, prefix, id string, port, load int) {
+	t.Helper()
+	do(t, c, "SADD", prefix+":members", id)
+	do(t, c, "HSET", prefix+":member:"+id, "address", fmt.Sprintf("http://127.0.0.1:%d", port), "load", fmt.Sprint(load))
+	do(t, c, "EXPIRE", prefix+":member:"+id, "30")
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func route(t testing.TB, r *Registry, dest string, opt RouteOptions) (Decision, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return r.Route(ctx, dest, opt)
+}

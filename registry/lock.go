@@ -1,0 +1,123 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+type lockEntry struct {
+	freshness
+	exists bool
+	podID  string
+	destID string
+}
+
+// RouteLock returns the pod holding lockID. Errors wrap ErrInvalidID,
+// ErrLockNotFound (no record, confirmed against Valkey), ErrLockOwnerGone
+// (the owner is not live, confirmed), ErrNoCapacity (owner live but its
+// address unroutable) or ErrRegistryUnavailable.
+func (r *Registry) RouteLock(ctx context.Context, lockID string) (Decision, error) {
+	if err := ValidateID(lockID); err != nil {
+		return Decision{}, err
+	}
+	now := r.opt.Now()
+	if l, ok := r.locks.Get(lockID); ok && l.exists && r.fresh(&l.freshness, now) {
+		if m, ok := r.members.Get(l.podID); ok && m.live && m.addr != "" && r.fresh(&m.freshness, now) {
+			r.stats.CacheHits.Add(1)
+			return Decision{Member: m.candidate(), Result: ResultLockHit}, nil
+		}
+	}
+	r.stats.CacheMisses.Add(1)
+	return r.routeLockSlow(ctx, lockID, now)
+}
+
+func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Time) (Decision, error) {
+	l, err := r.lockRecord(ctx, lockID, now)
+	if err != nil {
+		return r.staleLock(lockID, now, err)
+	}
+	if !l.exists {
+		if l, err = r.readLock(ctx, lockID, false); err != nil {
+			return Decision{}, err
+		}
+		if !l.exists {
+			return Decision{}, fmt.Errorf("%w: %q", ErrLockNotFound, lockID)
+		}
+	}
+	if l.podID == "" {
+		return Decision{}, fmt.Errorf("%w: lock %q has no podId", ErrLockOwnerGone, lockID)
+	}
+	ms, err := r.memberEntries(ctx, []string{l.podID}, now)
+	if err != nil {
+		return r.staleLock(lockID, now, err)
+	}
+	m := ms[0]
+	if !m.live {
+		dead, alive, err := r.confirmDead(ctx, []string{l.podID})
+		if err != nil {
+			return Decision{}, err
+		}
+		if len(alive) == 1 {
+			return Decision{Member: alive[0], Result: ResultLockHit}, nil
+		}
+		if len(dead) == 1 {
+			return Decision{}, fmt.Errorf("%w: lock %q, member %q", ErrLockOwnerGone, lockID, l.podID)
+		}
+	}
+	if m.addr == "" {
+		return Decision{}, fmt.Errorf("%w: lock %q: member %q has an unroutable address", ErrNoCapacity, lockID, l.podID)
+	}
+	return Decision{Member: m.candidate(), Result: ResultLockHit}, nil
+}
+
+func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time) (*lockEntry, error) {
+	if l, ok := r.locks.Get(lockID); ok && r.fresh(&l.freshness, now) {
+		return l, nil
+	}
+	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	l, err := r.readLock(ctx, lockID, true)
+	if err != nil {
+		return nil, err
+	}
+	r.stamp(&l.freshness, now, gen)
+	r.locks.Add(lockID, l)
+	if r.invSeq.Load() != seq {
+		l.invalid.Store(true)
+	}
+	return l, nil
+}
+
+// readLock reads a lock record, through the tracked cache or straight
+// from Valkey (to confirm a negative answer).
+func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*lockEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	key := r.keys.lock(lockID)
+	var fields map[string]string
+	var err error
+	if cached {
+		fields, err = r.client.DoCache(ctx, r.client.B().Hgetall().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL).AsStrMap()
+	} else {
+		fields, err = r.client.Do(ctx, r.client.B().Hgetall().Key(key).Build()).AsStrMap()
+	}
+	if err = r.valkeyErr(err); err != nil {
+		return nil, err
+	}
+	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest]}, nil
+}
+
+// staleLock answers from the last known lock and owner records when Valkey
+// failed, if both are younger than StaleMax.
+func (r *Registry) staleLock(lockID string, now time.Time, cause error) (Decision, error) {
+	l, ok := r.locks.Peek(lockID)
+	if !ok || !l.exists || now.Sub(l.fetched) >= r.opt.StaleMax {
+		return Decision{}, cause
+	}
+	m, ok := r.members.Peek(l.podID)
+	if !ok || !m.live || m.addr == "" || now.Sub(m.fetched) >= r.opt.StaleMax {
+		return Decision{}, cause
+	}
+	r.stats.StaleAnswers.Add(1)
+	return Decision{Member: m.candidate(), Result: ResultStale}, nil
+}

@@ -1,0 +1,230 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+)
+
+// Pod-side defaults.
+const (
+	DefaultMemberTTL         = 30 * time.Second
+	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultMemberTimeout     = 2 * time.Second
+)
+
+// MemberOptions configure a Member.
+type MemberOptions struct {
+	// Client is the Valkey connection (required); the Member does not
+	// close it.
+	Client valkey.Client
+	Prefix string
+	// ID identifies the pod (random when empty); Address is how it is
+	// reached (required): http(s)://host:port, host:port or IP:port.
+	ID, Address string
+	// TTL is the lifetime of the member record; HeartbeatInterval must be
+	// well under it. Timeout bounds each Valkey call.
+	TTL, HeartbeatInterval, Timeout time.Duration
+	// Load reports the load figure sent with each heartbeat of Run.
+	Load   func() int64
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Member is a pod's presence in the registry. It remembers the
+// destinations it serves and the locks it holds, and re-asserts them when
+// a heartbeat finds its record gone (registry restarted, flushed or failed
+// over), so the pods stay the ground truth of what they own.
+type Member struct {
+	opt  MemberOptions
+	keys keys
+
+	mu    sync.Mutex
+	dests map[string]struct{}
+	locks map[string]heldLock
+}
+
+type heldLock struct {
+	fields   []string      // field/value pairs, podId and destinationId last
+	lease    time.Duration // 0: no expiry
+	deadline time.Time
+}
+
+// Lock record fields that metadata may not set.
+const (
+	lockFieldPod  = "podId"
+	lockFieldDest = "destinationId"
+)
+
+// NewMember validates opt and returns an unregistered Member.
+func NewMember(opt MemberOptions) (*Member, error) {
+	if opt.Client == nil {
+		return nil, errors.New("registry: member: Client is required")
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.ID == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		opt.ID = "member-" + hex.EncodeToString(b)
+	}
+	if err := ValidateID(opt.ID); err != nil {
+		return nil, fmt.Errorf("registry: member id: %w", err)
+	}
+	if _, _, err := splitAddress(opt.Address); err != nil {
+		return nil, fmt.Errorf("registry: member %s: %w", opt.ID, err)
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = DefaultMemberTTL
+	}
+	if opt.HeartbeatInterval <= 0 {
+		opt.HeartbeatInterval = min(DefaultHeartbeatInterval, opt.TTL/3)
+	}
+	if opt.HeartbeatInterval >= opt.TTL {
+		return nil, fmt.Errorf("registry: member %s: heartbeat interval %s must be shorter than TTL %s", opt.ID, opt.HeartbeatInterval, opt.TTL)
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = DefaultMemberTimeout
+	}
+	if opt.Load == nil {
+		opt.Load = func() int64 { return 0 }
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	return &Member{opt: opt, keys: keys{prefix: opt.Prefix}, dests: map[string]struct{}{}, locks: map[string]heldLock{}}, nil
+}
+
+// ID returns the member id.
+func (m *Member) ID() string { return m.opt.ID }
+
+func (m *Member) do(ctx context.Context, cmds ...valkey.Completed) error {
+	ctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
+	defer cancel()
+	for _, res := range m.opt.Client.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil && !valkey.IsValkeyNil(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// registerCmds adds the id to the members set and writes the record with
+// its TTL. The record and its TTL are one MULTI on one key, so a record
+// never exists without expiry.
+func (m *Member) registerCmds(load int64) []valkey.Completed {
+	b := m.opt.Client.B()
+	key := m.keys.member(m.opt.ID)
+	return []valkey.Completed{
+		b.Sadd().Key(m.keys.members()).Member(m.opt.ID).Build(),
+		b.Multi().Build(),
+		b.Hset().Key(key).FieldValue().FieldValue("address", m.opt.Address).FieldValue("load", strconv.FormatInt(load, 10)).Build(),
+		b.Pexpire().Key(key).Milliseconds(m.opt.TTL.Milliseconds()).Build(),
+		b.Exec().Build(),
+	}
+}
+
+// Register makes the member live.
+func (m *Member) Register(ctx context.Context, load int64) error {
+	if err := m.do(ctx, m.registerCmds(load)...); err != nil {
+		return fmt.Errorf("registry: register %s: %w", m.opt.ID, err)
+	}
+	return nil
+}
+
+// Heartbeat refreshes load and TTL. If the record is gone it re-asserts
+// every destination and lock first and then re-creates the record, so the
+// member is never seen live without its bindings. It reports whether it
+// had to recover.
+func (m *Member) Heartbeat(ctx context.Context, load int64) (recovered bool, err error) {
+	hctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
+	ok, err := heartbeatScript.Exec(hctx, m.opt.Client, []string{m.keys.member(m.opt.ID)},
+		[]string{strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)}).AsInt64()
+	cancel()
+	if err != nil {
+		return false, fmt.Errorf("registry: heartbeat %s: %w", m.opt.ID, err)
+	}
+	if ok == 1 {
+		return false, nil
+	}
+	if err := m.recover(ctx, load); err != nil {
+		return false, fmt.Errorf("registry: heartbeat %s: re-assert after record loss: %w", m.opt.ID, err)
+	}
+	m.opt.Logger.Warn("member record was gone; re-registered and re-asserted bindings", "member", m.opt.ID)
+	return true, nil
+}
+
+// recover sends, in one pipelined round trip, every destination binding,
+// every unexpired lock (only where the lock record is missing) and then
+// the member record.
+func (m *Member) recover(ctx context.Context, load int64) error {
+	b := m.opt.Client.B()
+	now := m.opt.Now()
+	var cmds []valkey.Completed
+	m.mu.Lock()
+	for d := range m.dests {
+		cmds = append(cmds, b.Sadd().Key(m.keys.dest(d)).Member(m.opt.ID).Build())
+	}
+	for id, l := range m.locks {
+		ttl := l.lease
+		if ttl > 0 {
+			if ttl = l.deadline.Sub(now); ttl <= 0 {
+				delete(m.locks, id) // its lease ran out: it must not come back
+				continue
+			}
+		}
+		args := append([]string{strconv.FormatInt(ttl.Milliseconds(), 10)}, l.fields...)
+		cmds = append(cmds, b.Eval().Script(restoreLockSrc).Numkeys(1).Key(m.keys.lock(id)).Arg(args...).Build())
+	}
+	m.mu.Unlock()
+	return m.do(ctx, append(cmds, m.registerCmds(load)...)...)
+}
+
+// Deregister removes the member record and its members-set entry. Its
+// destinations keep its id, so routes with reassign_orphans move them to a
+// survivor at once; its locks answer "owner gone".
+func (m *Member) Deregister(ctx context.Context) error {
+	b := m.opt.Client.B()
+	err := m.do(ctx,
+		b.Del().Key(m.keys.member(m.opt.ID)).Build(),
+		b.Srem().Key(m.keys.members()).Member(m.opt.ID).Build())
+	if err != nil {
+		return fmt.Errorf("registry: deregister %s: %w", m.opt.ID, err)
+	}
+	return nil
+}
+
+// Run registers, heartbeats every HeartbeatInterval with opt.Load() until
+// ctx ends, then deregisters (with a fresh deadline, since ctx is done).
+// Heartbeat failures are logged and retried on the next tick.
+func (m *Member) Run(ctx context.Context) error {
+	if err := m.Register(ctx, m.opt.Load()); err != nil {
+		return err
+	}
+	t := time.NewTicker(m.opt.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opt.Timeout)
+			defer cancel()
+			return m.Deregister(dctx)
+		case <-t.C:
+			if _, err := m.Heartbeat(ctx, m.opt.Load()); err != nil && ctx.Err() == nil {
+				m.opt.Logger.Warn("heartbeat failed", "member", m.opt.ID, "err", err)
+			}
+		}
+	}
+}

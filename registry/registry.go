@@ -1,0 +1,260 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// Defaults of Options (SPEC §4).
+const (
+	DefaultCacheTTL   = 5 * time.Second
+	DefaultCacheSize  = 10000
+	DefaultTimeout    = 50 * time.Millisecond
+	DefaultStaleMax   = 30 * time.Second
+	DefaultClaimGrace = DefaultHeartbeatInterval
+	DefaultDNSTTL     = 30 * time.Second
+)
+
+// Options configure a Registry. Zero values take the defaults above.
+type Options struct {
+	// Client says how to reach Valkey (standalone, Sentinel or Cluster).
+	// New sets up broadcast tracking and the invalidation callback itself.
+	Client valkey.ClientOption
+	// Prefix is the key prefix shared with the pods (DefaultPrefix).
+	Prefix string
+	// Strategy picks a pod per request (round-robin when nil).
+	Strategy strategy.Strategy
+	// CacheTTL bounds how long cached data is used without any
+	// invalidation; CacheSize bounds the entries of each derived cache.
+	CacheTTL  time.Duration
+	CacheSize int
+	// Timeout is the deadline of every Valkey call.
+	Timeout time.Duration
+	// StaleMax is how old last known good data may be to answer when
+	// Valkey fails.
+	StaleMax time.Duration
+	// ClaimGrace holds off claim-on-miss and orphan reassignment after
+	// the registry was emptied, so pods get one heartbeat to re-assert
+	// their bindings (SPEC §3). Set it to the pods' heartbeat interval;
+	// a negative value disables the guard.
+	ClaimGrace time.Duration
+	// DNSTTL is how long a hostname's resolution is reused.
+	DNSTTL time.Duration
+	// Logger receives warnings (junk addresses, clean-up failures).
+	Logger *slog.Logger
+	// Now and LookupHost are injected by tests; defaults time.Now and
+	// net.DefaultResolver.LookupHost.
+	Now        func() time.Time
+	LookupHost func(ctx context.Context, host string) ([]string, error)
+}
+
+func (o *Options) setDefaults() {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.Strategy == nil {
+		o.Strategy = strategy.NewRoundRobin(0)
+	}
+	if o.CacheTTL <= 0 {
+		o.CacheTTL = DefaultCacheTTL
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.StaleMax <= 0 {
+		o.StaleMax = DefaultStaleMax
+	}
+	if o.ClaimGrace == 0 {
+		o.ClaimGrace = DefaultClaimGrace
+	}
+	if o.DNSTTL <= 0 {
+		o.DNSTTL = DefaultDNSTTL
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.LookupHost == nil {
+		o.LookupHost = net.DefaultResolver.LookupHost
+	}
+}
+
+// Registry resolves destinations and locks to live pods. Steady-state
+// resolutions are answered from memory: Valkey's broadcast tracking tells
+// every replica within milliseconds when a key under the prefix changes,
+// and that invalidates both valkey-go's cache and the derived caches here.
+type Registry struct {
+	opt    Options
+	keys   keys
+	client valkey.Client
+	addrs  *addressResolver
+	log    *slog.Logger
+
+	sets    *lru.Cache[string, *setEntry]
+	members *lru.Cache[string, *memberEntry]
+	locks   *lru.Cache[string, *lockEntry]
+	all     atomic.Pointer[setEntry] // the P:members set
+
+	// invSeq counts invalidation events; a load that sees it move marks
+	// its own result for re-validation (see storeSet).
+	invSeq atomic.Uint64
+	// flushGen moves when everything is invalid at once (FLUSHALL,
+	// reconnection); entries remember the generation they were built in.
+	flushGen atomic.Uint64
+	// memberGen moves when any member record changes, so candidate lists
+	// derived from member records are rebuilt.
+	memberGen    atomic.Uint64
+	epochSettled atomic.Bool
+
+	stats     Stats
+	cleanup   *cleaner
+	badAddrMu sync.Mutex
+	badAddr   map[string]struct{}
+}
+
+// Stats are cumulative counters for metrics.
+type Stats struct {
+	CacheHits, CacheMisses, ValkeyErrors, StaleAnswers atomic.Uint64
+}
+
+// New connects to Valkey and returns a Registry. It enables broadcast
+// client tracking for the prefix: the server then pushes an invalidation
+// for every write under it, which is what lets any replica see any pod's
+// change without polling.
+func New(ctx context.Context, opt Options) (*Registry, error) {
+	opt.setDefaults()
+	r := &Registry{
+		opt:     opt,
+		keys:    keys{prefix: opt.Prefix},
+		log:     opt.Logger,
+		addrs:   newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now),
+		badAddr: make(map[string]struct{}),
+	}
+	var err error
+	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
+		return nil, fmt.Errorf("registry: destination cache: %w", err)
+	}
+	if r.members, err = lru.New[string, *memberEntry](opt.CacheSize); err != nil {
+		return nil, fmt.Errorf("registry: member cache: %w", err)
+	}
+	if r.locks, err = lru.New[string, *lockEntry](opt.CacheSize); err != nil {
+		return nil, fmt.Errorf("registry: lock cache: %w", err)
+	}
+	co := opt.Client
+	co.DisableCache = false
+	co.ClientTrackingOptions = []string{"PREFIX", opt.Prefix + ":", "BCAST"}
+	co.OnInvalidations = r.onInvalidations
+	if r.client, err = valkey.NewClient(co); err != nil {
+		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
+	}
+	r.cleanup = newCleaner(r)
+	// Start the recovery clock early; failure here is not fatal, claims
+	// retry it.
+	_ = r.checkEpoch(ctx)
+	return r, nil
+}
+
+// Close stops background work and closes the Valkey connections.
+func (r *Registry) Close() {
+	r.cleanup.stop()
+	r.client.Close()
+}
+
+// Stats returns the registry's counters.
+func (r *Registry) Stats() *Stats { return &r.stats }
+
+// Ping checks that Valkey answers within the call timeout.
+func (r *Registry) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	return r.valkeyErr(r.client.Do(ctx, r.client.B().Ping().Build()).Error())
+}
+
+func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
+	// Bump the sequence before marking: a concurrent load either sees the
+	// bump or stored its entry early enough for the marking to find it.
+	r.invSeq.Add(1)
+	if msgs == nil { // FLUSHALL/FLUSHDB or a lost connection
+		r.flushGen.Add(1)
+		r.memberGen.Add(1)
+		r.epochSettled.Store(false)
+		return
+	}
+	for _, m := range msgs {
+		key, err := m.ToString()
+		if err != nil {
+			continue
+		}
+		r.invalidateKey(key)
+	}
+}
+
+func (r *Registry) invalidateKey(key string) {
+	switch {
+	case strings.HasPrefix(key, r.keys.destPrefix()):
+		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix()):]); ok {
+			e.invalid.Store(true)
+		}
+	case strings.HasPrefix(key, r.keys.memberPrefix()):
+		if e, ok := r.members.Peek(key[len(r.keys.memberPrefix()):]); ok {
+			e.invalid.Store(true)
+		}
+		r.memberGen.Add(1)
+	case strings.HasPrefix(key, r.keys.lockPrefix()):
+		if e, ok := r.locks.Peek(key[len(r.keys.lockPrefix()):]); ok {
+			e.invalid.Store(true)
+		}
+	case key == r.keys.members():
+		if e := r.all.Load(); e != nil {
+			e.invalid.Store(true)
+		}
+	case key == r.keys.epoch():
+		r.epochSettled.Store(false)
+	}
+}
+
+// valkeyErr classifies a Valkey error: nil stays nil, anything else counts
+// and wraps ErrRegistryUnavailable. A Valkey error never says a member is
+// dead.
+func (r *Registry) valkeyErr(err error) error {
+	if err == nil || valkey.IsValkeyNil(err) {
+		return nil
+	}
+	r.stats.ValkeyErrors.Add(1)
+	return fmt.Errorf("%w: %w", ErrRegistryUnavailable, err)
+}
+
+func (r *Registry) logBadAddress(memberID, address string, err error) {
+	k := memberID + "\x00" + address
+	r.badAddrMu.Lock()
+	_, seen := r.badAddr[k]
+	if !seen {
+		if len(r.badAddr) >= maxDNSEntries {
+			clear(r.badAddr)
+		}
+		r.badAddr[k] = struct{}{}
+	}
+	r.badAddrMu.Unlock()
+	if !seen {
+		r.log.Warn("member address is not routable; member skipped", "member", memberID, "address", address, "err", err)
+	}
+}
+
+func isUnavailable(err error) bool { return errors.Is(err, ErrRegistryUnavailable) }

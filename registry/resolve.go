@@ -1,0 +1,286 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// RouteOptions are the per-route switches of SPEC §5.2.
+type RouteOptions struct {
+	// ClaimOnMiss binds an unknown destination to a freshly picked live
+	// member instead of answering ErrNotFound.
+	ClaimOnMiss bool
+	// ReassignOrphans replaces a destination's dead members with a fresh
+	// pick when none of them is live, instead of answering ErrNotFound.
+	ReassignOrphans bool
+}
+
+// Decision is where a request goes and why.
+type Decision struct {
+	Member strategy.Candidate
+	Result Result
+}
+
+// Route picks the pod for one request to destID. Errors wrap the package's
+// sentinel errors (ErrInvalidID, ErrNotFound, ErrNoCapacity,
+// ErrRegistryUnavailable, ErrRecovering). A cached destination costs no
+// Valkey round trip and no allocation.
+func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (Decision, error) {
+	if err := ValidateID(destID); err != nil {
+		return Decision{}, err
+	}
+	now := r.opt.Now()
+	if e, ok := r.sets.Get(destID); ok && r.fresh(&e.freshness, now) {
+		if v := e.view.Load(); v.usable(r.memberGen.Load(), now) && len(v.live) > 0 {
+			if c, ok := r.opt.Strategy.Pick(destID, v.live); ok {
+				r.stats.CacheHits.Add(1)
+				r.cleanDead(destID, v)
+				return Decision{Member: c, Result: ResultHit}, nil
+			}
+		}
+	}
+	r.stats.CacheMisses.Add(1)
+	return r.routeSlow(ctx, destID, opt, now)
+}
+
+func (r *Registry) routeSlow(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
+	e, old, err := r.destSet(ctx, destID, now)
+	if err != nil {
+		return r.stale(destID, old, now, err)
+	}
+	v, err := r.viewOf(ctx, e, now)
+	if err != nil {
+		return r.stale(destID, e, now, err)
+	}
+	switch {
+	case len(v.live) > 0:
+		r.cleanDead(destID, v)
+		return r.pick(destID, v.live, ResultHit)
+	case len(e.ids) == 0:
+		return r.onEmpty(ctx, destID, opt, now)
+	case len(v.unroutable) > 0:
+		return Decision{}, fmt.Errorf("%w: destination %q: members %v have unroutable addresses", ErrNoCapacity, destID, v.unroutable)
+	default:
+		return r.onOrphan(ctx, destID, v.dead, opt, now)
+	}
+}
+
+// stale answers from the last known good view of a set when Valkey failed,
+// if that view is younger than StaleMax; otherwise it returns cause.
+func (r *Registry) stale(destID string, e *setEntry, now time.Time, cause error) (Decision, error) {
+	if e == nil {
+		return Decision{}, cause
+	}
+	v := e.view.Load()
+	if v == nil || len(v.live) == 0 || now.Sub(v.confirmed) >= r.opt.StaleMax {
+		return Decision{}, cause
+	}
+	c, ok := r.opt.Strategy.Pick(destID, v.live)
+	if !ok {
+		return Decision{}, cause
+	}
+	r.stats.StaleAnswers.Add(1)
+	return Decision{Member: c, Result: ResultStale}, nil
+}
+
+func (r *Registry) pick(destID string, live []strategy.Candidate, res Result) (Decision, error) {
+	c, ok := r.opt.Strategy.Pick(destID, live)
+	if !ok {
+		return Decision{}, fmt.Errorf("%w: strategy picked none of %d candidates for %q", ErrNoCapacity, len(live), destID)
+	}
+	return Decision{Member: c, Result: res}, nil
+}
+
+// onEmpty handles a destination whose cached set is empty. A claim needs no
+// confirmation (the claim script is itself the authoritative check); a 404
+// is only sent after Valkey confirms the set is empty.
+func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
+	if opt.ClaimOnMiss {
+		return r.claim(ctx, destID, now)
+	}
+	ids, err := r.readSet(ctx, r.keys.dest(destID))
+	if err != nil {
+		return Decision{}, err
+	}
+	if len(ids) == 0 {
+		// Right after a registry wipe an empty set may just not be
+		// re-asserted yet: say "retry" rather than "no such destination".
+		if err := r.checkEpoch(ctx); err != nil {
+			return Decision{}, err
+		}
+		return Decision{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
+	}
+	r.sets.Remove(destID) // the cache was behind; the invalidation is on its way
+	return r.routeIDs(ctx, destID, ids, ResultHit, now)
+}
+
+func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (Decision, error) {
+	c, err := r.pickLive(ctx, destID, now)
+	if err != nil {
+		return Decision{}, err
+	}
+	if err := r.checkEpoch(ctx); err != nil {
+		return Decision{}, err
+	}
+	ids, err := r.runSetScript(ctx, claimScript, r.keys.dest(destID), []string{c.ID})
+	if err != nil {
+		return Decision{}, err
+	}
+	r.sets.Remove(destID)
+	if len(ids) == 1 && ids[0] == c.ID {
+		return Decision{Member: c, Result: ResultClaimed}, nil
+	}
+	return r.routeIDs(ctx, destID, ids, ResultHit, now) // another coordinator won the race
+}
+
+// onOrphan handles a set whose members are all dead. Deadness is confirmed
+// against Valkey first: both answers (404 and reassignment) depend on it.
+func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, opt RouteOptions, now time.Time) (Decision, error) {
+	stillDead, alive, err := r.confirmDead(ctx, dead)
+	if err != nil {
+		return Decision{}, err
+	}
+	if len(alive) > 0 {
+		return r.pick(destID, alive, ResultHit)
+	}
+	if !opt.ReassignOrphans {
+		return Decision{}, fmt.Errorf("%w: %q: every member is dead (%v)", ErrNotFound, destID, stillDead)
+	}
+	c, err := r.pickLive(ctx, destID, now)
+	if err != nil {
+		return Decision{}, err
+	}
+	if err := r.checkEpoch(ctx); err != nil {
+		return Decision{}, err
+	}
+	ids, err := r.runSetScript(ctx, reassignScript, r.keys.dest(destID), append([]string{c.ID}, stillDead...))
+	if err != nil {
+		return Decision{}, err
+	}
+	r.sets.Remove(destID)
+	if len(ids) == 1 && ids[0] == c.ID {
+		return Decision{Member: c, Result: ResultOrphanReassigned}, nil
+	}
+	return r.routeIDs(ctx, destID, ids, ResultHit, now)
+}
+
+// routeIDs routes among an explicit list of member ids (a set just read
+// or written by a script).
+func (r *Registry) routeIDs(ctx context.Context, destID string, ids []string, res Result, now time.Time) (Decision, error) {
+	ms, err := r.memberEntries(ctx, ids, now)
+	if err != nil {
+		return Decision{}, err
+	}
+	v := buildView(ms, 0, now, 0)
+	if len(v.live) == 0 {
+		return Decision{}, fmt.Errorf("%w: %q: no live, routable member among %v", ErrNoCapacity, destID, ids)
+	}
+	return r.pick(destID, v.live, res)
+}
+
+// pickLive picks among all live members, for claims, reassignments and
+// create routes.
+func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (strategy.Candidate, error) {
+	e, _, err := r.allSet(ctx, now)
+	if err != nil {
+		return strategy.Candidate{}, err
+	}
+	v, err := r.viewOf(ctx, e, now)
+	if err != nil {
+		return strategy.Candidate{}, err
+	}
+	if len(v.live) == 0 {
+		return strategy.Candidate{}, fmt.Errorf("%w: no live member registered", ErrNoCapacity)
+	}
+	d, err := r.pick(destID, v.live, ResultHit)
+	return d.Member, err
+}
+
+// PickMember picks a live member for a new destination (create routes).
+func (r *Registry) PickMember(ctx context.Context, destID string) (strategy.Candidate, error) {
+	if err := ValidateID(destID); err != nil {
+		return strategy.Candidate{}, err
+	}
+	return r.pickLive(ctx, destID, r.opt.Now())
+}
+
+func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	ids, err := r.client.Do(ctx, r.client.B().Smembers().Key(key).Build()).AsStrSlice()
+	if err = r.valkeyErr(err); err != nil {
+		return nil, err
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// confirmDead re-reads the addresses of ids bypassing every cache and
+// splits them into dead ids and live candidates.
+func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string, alive []strategy.Candidate, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	cmds := make([]valkey.Completed, len(ids))
+	for i, id := range ids {
+		cmds[i] = r.client.B().Hgetall().Key(r.keys.member(id)).Build()
+	}
+	for i, res := range r.client.DoMulti(ctx, cmds...) {
+		fields, err := res.AsStrMap()
+		if err = r.valkeyErr(err); err != nil {
+			return nil, nil, err
+		}
+		m := r.memberFromFields(ctx, ids[i], fields)
+		switch {
+		case !m.live:
+			dead = append(dead, ids[i])
+		case m.addr != "":
+			alive = append(alive, m.candidate())
+		}
+	}
+	return dead, alive, nil
+}
+
+func (r *Registry) runSetScript(ctx context.Context, s *valkey.Lua, key string, args []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	ids, err := s.Exec(ctx, r.client, []string{key}, args).AsStrSlice()
+	if err = r.valkeyErr(err); err != nil {
+		return nil, err
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// checkEpoch refuses claims for ClaimGrace after the registry was emptied
+// (SPEC §3): a wiped registry looks exactly like one where nothing is
+// bound, and claiming then would hand a live pod's destinations to another
+// pod before the owner's next heartbeat re-asserts them.
+func (r *Registry) checkEpoch(ctx context.Context) error {
+	if r.opt.ClaimGrace < 0 || r.epochSettled.Load() {
+		return nil
+	}
+	gen := r.flushGen.Load()
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	v, err := epochScript.Exec(ctx, r.client, []string{r.keys.epoch()}, nil).AsIntSlice()
+	if err = r.valkeyErr(err); err != nil {
+		return err
+	}
+	if len(v) != 2 {
+		return fmt.Errorf("%w: epoch script returned %v", ErrRegistryUnavailable, v)
+	}
+	age := time.Duration(v[1]-v[0]) * time.Millisecond
+	if age >= r.opt.ClaimGrace {
+		if r.flushGen.Load() == gen {
+			r.epochSettled.Store(true)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w (%s left)", ErrRecovering, (r.opt.ClaimGrace - age).Round(time.Millisecond))
+}

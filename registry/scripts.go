@@ -1,0 +1,66 @@
+package registry
+
+import "github.com/valkey-io/valkey-go"
+
+// Every script touches exactly one key so the design works unchanged on
+// Valkey Cluster.
+
+// claimScript adds ARGV[1] to the destination set only if the set is still
+// empty, and returns the set that won. Concurrent claims from any number of
+// coordinators therefore leave exactly one member.
+var claimScript = valkey.NewLuaScript(`
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+return redis.call('SMEMBERS', KEYS[1])
+`)
+
+// reassignScript removes the dead ids ARGV[2..] and, if that leaves the set
+// empty, adds ARGV[1]; it returns the resulting set. A second coordinator
+// racing on the same orphan removes nothing more and adds nothing.
+var reassignScript = valkey.NewLuaScript(`
+for i = 2, #ARGV do
+  redis.call('SREM', KEYS[1], ARGV[i])
+end
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+return redis.call('SMEMBERS', KEYS[1])
+`)
+
+// epochScript creates the registry epoch marker (server time in ms) if it
+// is missing and returns {epoch, now}, both from the server clock, so
+// coordinators with skewed clocks agree on how long ago the registry was
+// (re)started.
+var epochScript = valkey.NewLuaScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], now, 'NX')
+return {tonumber(redis.call('GET', KEYS[1])), now}
+`)
+
+// heartbeatScript refreshes a live member record: load and TTL. It returns
+// 0 without writing anything if the record is gone, so the member can
+// re-assert its bindings before it becomes live again.
+var heartbeatScript = valkey.NewLuaScript(`
+if redis.call('HEXISTS', KEYS[1], 'address') == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'load', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// restoreLockSrc re-creates a lock record only if it is missing, so a
+// heartbeat's recovery never clobbers a newer record of the same lock.
+// It is sent as EVAL inside the recovery pipeline, which is rare.
+const restoreLockSrc = `
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if tonumber(ARGV[1]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+`
