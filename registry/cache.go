@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -65,9 +66,7 @@ func (m *memberEntry) candidate() strategy.Candidate {
 }
 
 // fetchSet reads a set through valkey-go's tracked cache and stores the
-// result with store. The invalidation sequence is checked after storing:
-// an invalidation that raced with the read leaves the entry marked for
-// re-validation instead of trusted for a whole TTL.
+// result with store.
 func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, store func(*setEntry)) (*setEntry, error) {
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
 	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
@@ -76,6 +75,14 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 	if err = r.valkeyErr(err); err != nil {
 		return nil, err
 	}
+	return r.storeSet(ids, seq, gen, now, store), nil
+}
+
+// storeSet caches ids read while the invalidation sequence was seq. The
+// sequence is checked after storing: an invalidation that raced with the
+// read leaves the entry marked for re-validation instead of trusted for a
+// whole TTL.
+func (r *Registry) storeSet(ids []string, seq, gen uint64, now time.Time, store func(*setEntry)) *setEntry {
 	slices.Sort(ids)
 	e := &setEntry{ids: ids}
 	r.stamp(&e.freshness, now, gen)
@@ -83,7 +90,7 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 	if r.invSeq.Load() != seq {
 		e.invalid.Store(true)
 	}
-	return e, nil
+	return e
 }
 
 // destSet returns the destination's set entry, fresh, and the stale one it
@@ -131,10 +138,19 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	cancel()
 	for j, i := range missing {
 		fields, err := results[j].AsStrMap()
-		if err = r.valkeyErr(err); err != nil {
+		err = r.valkeyErr(err)
+		if err != nil && !errors.Is(err, ErrMalformedRecord) {
 			return nil, err
 		}
-		e := r.memberFromFields(ctx, ids[i], fields)
+		var e *memberEntry
+		if err != nil {
+			// Not a hash: keep the member out of routing but never call
+			// it dead, so nothing is reassigned or removed because of it.
+			r.logBadAddress(ids[i], "<malformed record>", err)
+			e = &memberEntry{id: ids[i], live: true}
+		} else {
+			e = r.memberFromFields(ctx, ids[i], fields)
+		}
 		r.stamp(&e.freshness, now, gen)
 		r.members.Add(ids[i], e)
 		out[i] = e

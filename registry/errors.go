@@ -25,6 +25,9 @@ var (
 	ErrLockOwnerGone = errors.New("lock owner is gone")
 	// ErrReservedField: lock metadata tried to set podId or destinationId.
 	ErrReservedField = errors.New("reserved lock field")
+	// ErrMalformedRecord: a registry key holds the wrong type of value
+	// (someone wrote it by hand); not transient, not "not found".
+	ErrMalformedRecord = errors.New("malformed registry record")
 	// ErrBadAddress: a member address that cannot be turned into IP:port.
 	ErrBadAddress = errors.New("unroutable member address")
 )

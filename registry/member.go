@@ -222,7 +222,14 @@ func (m *Member) Run(ctx context.Context) error {
 			defer cancel()
 			return m.Deregister(dctx)
 		case <-t.C:
-			if _, err := m.Heartbeat(ctx, m.opt.Load()); err != nil && ctx.Err() == nil {
+			_, err := m.Heartbeat(ctx, m.opt.Load())
+			if err != nil && ctx.Err() == nil {
+				// A restarted Valkey fails the first call on the old
+				// connection; retrying at once on a new one keeps
+				// recovery within one interval.
+				_, err = m.Heartbeat(ctx, m.opt.Load())
+			}
+			if err != nil && ctx.Err() == nil {
 				m.opt.Logger.Warn("heartbeat failed", "member", m.opt.ID, "err", err)
 			}
 		}

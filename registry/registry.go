@@ -237,6 +237,9 @@ func (r *Registry) valkeyErr(err error) error {
 	if err == nil || valkey.IsValkeyNil(err) {
 		return nil
 	}
+	if ve, ok := valkey.IsValkeyErr(err); ok && strings.HasPrefix(ve.Error(), "WRONGTYPE") {
+		return fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+	}
 	r.stats.ValkeyErrors.Add(1)
 	return fmt.Errorf("%w: %w", ErrRegistryUnavailable, err)
 }

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -50,10 +51,25 @@ func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (
 }
 
 func (r *Registry) routeSlow(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
+	if opt.ClaimOnMiss && !r.sets.Contains(destID) {
+		// First sight of this destination here: the claim script reads
+		// and, only if the set is empty, claims, all in one call.
+		d, found, err := r.claim(ctx, destID, now)
+		if found == nil {
+			return d, err
+		}
+		return r.decide(ctx, destID, found, opt, now)
+	}
 	e, old, err := r.destSet(ctx, destID, now)
 	if err != nil {
 		return r.stale(destID, old, now, err)
 	}
+	return r.decide(ctx, destID, e, opt, now)
+}
+
+// decide routes by the state of the set's members: live, none, unroutable
+// or all dead.
+func (r *Registry) decide(ctx context.Context, destID string, e *setEntry, opt RouteOptions, now time.Time) (Decision, error) {
 	v, err := r.viewOf(ctx, e, now)
 	if err != nil {
 		return r.stale(destID, e, now, err)
@@ -102,7 +118,11 @@ func (r *Registry) pick(destID string, live []strategy.Candidate, res Result) (D
 // is only sent after Valkey confirms the set is empty.
 func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
 	if opt.ClaimOnMiss {
-		return r.claim(ctx, destID, now)
+		d, found, err := r.claim(ctx, destID, now)
+		if found == nil {
+			return d, err
+		}
+		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
 	ids, err := r.readSet(ctx, r.keys.dest(destID))
 	if err != nil {
@@ -120,23 +140,33 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 	return r.routeIDs(ctx, destID, ids, ResultHit, now)
 }
 
-func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (Decision, error) {
+// claim binds destID to a freshly picked live member unless the set is
+// already non-empty, in which case it returns that set as found (stored in
+// the cache like a read).
+func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d Decision, found *setEntry, err error) {
 	c, err := r.pickLive(ctx, destID, now)
 	if err != nil {
-		return Decision{}, err
+		return Decision{}, nil, err
 	}
 	if err := r.checkEpoch(ctx); err != nil {
-		return Decision{}, err
+		return Decision{}, nil, err
 	}
-	ids, err := r.runSetScript(ctx, claimScript, r.keys.dest(destID), []string{c.ID})
-	if err != nil {
-		return Decision{}, err
+	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	sctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	reply, err := claimScript.Exec(sctx, r.client, []string{r.keys.dest(destID)}, []string{c.ID}).AsStrSlice()
+	cancel()
+	if err = r.valkeyErr(err); err != nil {
+		return Decision{}, nil, err
 	}
-	r.sets.Remove(destID)
-	if len(ids) == 1 && ids[0] == c.ID {
-		return Decision{Member: c, Result: ResultClaimed}, nil
+	if len(reply) == 0 {
+		return Decision{}, nil, fmt.Errorf("%w: claim script returned nothing", ErrRegistryUnavailable)
 	}
-	return r.routeIDs(ctx, destID, ids, ResultHit, now) // another coordinator won the race
+	if reply[0] == "claimed" {
+		r.sets.Remove(destID)
+		return Decision{Member: c, Result: ResultClaimed}, nil, nil
+	}
+	found = r.storeSet(reply[1:], seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) })
+	return Decision{}, found, nil
 }
 
 // onOrphan handles a set whose members are all dead. Deadness is confirmed
@@ -232,7 +262,9 @@ func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string
 	}
 	for i, res := range r.client.DoMulti(ctx, cmds...) {
 		fields, err := res.AsStrMap()
-		if err = r.valkeyErr(err); err != nil {
+		if err = r.valkeyErr(err); errors.Is(err, ErrMalformedRecord) {
+			continue // neither dead nor routable: left alone
+		} else if err != nil {
 			return nil, nil, err
 		}
 		m := r.memberFromFields(ctx, ids[i], fields)

@@ -6,13 +6,18 @@ import "github.com/valkey-io/valkey-go"
 // Valkey Cluster.
 
 // claimScript adds ARGV[1] to the destination set only if the set is still
-// empty, and returns the set that won. Concurrent claims from any number of
-// coordinators therefore leave exactly one member.
+// empty. It returns {"claimed", ARGV[1]} or {"found", members...}.
+// Concurrent claims from any number of coordinators therefore leave
+// exactly one member. It reads before writing so that claiming a new
+// destination costs three commands in all (EVALSHA, SMEMBERS, SADD).
 var claimScript = valkey.NewLuaScript(`
-if redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('SADD', KEYS[1], ARGV[1])
+local m = redis.call('SMEMBERS', KEYS[1])
+if #m > 0 then
+  table.insert(m, 1, 'found')
+  return m
 end
-return redis.call('SMEMBERS', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+return {'claimed', ARGV[1]}
 `)
 
 // reassignScript removes the dead ids ARGV[2..] and, if that leaves the set
