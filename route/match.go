@@ -1,0 +1,98 @@
+package route
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Match is the outcome of matching a request against the table.
+type Match struct {
+	Rule *Rule
+	// ID is the destination or lock id (decoded, validated); empty for
+	// create and pass.
+	ID string
+}
+
+// Match finds the first rule that fits the request. header returns a
+// request header's value ("" when absent) for a lower-case name. A rule
+// that takes its id from a header only matches when that header is
+// present. Errors wrap ErrNoRoute or ErrInvalidID (then the Match names the
+// rule that matched).
+func (t *Table) Match(method, path string, header func(name string) string) (Match, error) {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	for _, r := range t.Rules {
+		if !r.allows(method) {
+			continue
+		}
+		var raw string
+		if r.tmpl != nil {
+			c, ok := r.tmpl.match(path)
+			if !ok {
+				continue
+			}
+			raw = c
+		}
+		if h := r.idHeader(); h != "" {
+			if raw = header(h); raw == "" {
+				continue
+			}
+		} else if raw != "" {
+			var err error
+			if raw, err = decodeID(raw); err != nil {
+				return Match{Rule: r}, fmt.Errorf("%w: bad percent-encoding", ErrInvalidID)
+			}
+		}
+		m := Match{Rule: r, ID: raw}
+		if r.Action == ActionCreate || r.Action == ActionPass {
+			return m, nil
+		}
+		if !r.validID(raw) {
+			return m, fmt.Errorf("%w: does not match %s", ErrInvalidID, r.IDPattern)
+		}
+		return m, nil
+	}
+	return Match{}, ErrNoRoute
+}
+
+func (r *Rule) allows(method string) bool {
+	if len(r.methods) == 0 {
+		return true
+	}
+	for _, m := range r.methods {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Rule) idHeader() string {
+	if r.DestinationHeader != "" {
+		return r.DestinationHeader
+	}
+	return r.LockHeader
+}
+
+// ValidID reports whether id satisfies the rule's id pattern.
+func (r *Rule) ValidID(id string) bool { return r.validID(id) }
+
+func (r *Rule) validID(id string) bool {
+	if r.idRe != nil {
+		return r.idRe.MatchString(id)
+	}
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// WantsBody reports whether a create rule needs the response body.
+func (r *Rule) WantsBody() bool { return r.Action == ActionCreate && r.IDFromJSON != "" }
