@@ -233,11 +233,10 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 }
 
 // PickMember picks a live member for a new destination (create routes).
-func (r *Registry) PickMember(ctx context.Context, destID string) (strategy.Candidate, error) {
-	if err := ValidateID(destID); err != nil {
-		return strategy.Candidate{}, err
-	}
-	return r.pickLive(ctx, destID, r.opt.Now())
+// key only feeds the strategy (a round-robin cursor, a custom policy); it
+// never reaches a Valkey key.
+func (r *Registry) PickMember(ctx context.Context, key string) (strategy.Candidate, error) {
+	return r.pickLive(ctx, key, r.opt.Now())
 }
 
 func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/extproc"
+	"github.com/coord-extproc/coord-extproc/registry"
+	"github.com/coord-extproc/coord-extproc/strategy"
+)
+
+// Config is every setting of coord-extproc: defaults, then environment,
+// then flags, then Validate.
+type Config struct {
+	Listen           string
+	Valkey           string
+	KeyPrefix        string
+	Strategy         string
+	Routes           string
+	EndpointHeader   string
+	CacheTTL         time.Duration
+	CacheSize        int
+	ValkeyTimeout    time.Duration
+	StaleMax         time.Duration
+	ClaimGrace       time.Duration
+	MetricsListen    string
+	LogLevel         string
+	LogFormat        string
+	BodyLimit        int
+	ShutdownGrace    time.Duration
+	MaxConnectionAge time.Duration
+}
+
+func defaultConfig() Config {
+	return Config{
+		Listen:           "127.0.0.1:9002",
+		Valkey:           "redis://127.0.0.1:6379",
+		KeyPrefix:        registry.DefaultPrefix,
+		Strategy:         strategy.RoundRobin,
+		EndpointHeader:   extproc.DefaultEndpointHeader,
+		CacheTTL:         registry.DefaultCacheTTL,
+		CacheSize:        registry.DefaultCacheSize,
+		ValkeyTimeout:    registry.DefaultTimeout,
+		StaleMax:         registry.DefaultStaleMax,
+		ClaimGrace:       registry.DefaultClaimGrace,
+		MetricsListen:    "127.0.0.1:9090",
+		LogLevel:         "info",
+		LogFormat:        "json",
+		BodyLimit:        extproc.DefaultBodyLimit,
+		ShutdownGrace:    15 * time.Second,
+		MaxConnectionAge: 5 * time.Minute,
+	}
+}
+
+type flagSpec struct {
+	name, env, usage string
+	bind             func(fs *flag.FlagSet, name, usage string)
+}
+
+// registryFlags are shared by serve and the operator subcommands.
+func (c *Config) registryFlags() []flagSpec {
+	return []flagSpec{
+		{"valkey", "COORD_VALKEY_URL", "Valkey URL: redis://, rediss:// or valkey://[user:pass@]host:port; Sentinel with ?master_set=NAME, Cluster seeds with ?addr=host:port&addr=...",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Valkey, n, c.Valkey, u) }},
+		{"key-prefix", "COORD_KEY_PREFIX", "key prefix shared with the pods (@platformatic/coordinator layout)",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.KeyPrefix, n, c.KeyPrefix, u) }},
+		{"valkey-timeout", "COORD_VALKEY_TIMEOUT", "deadline of every Valkey call; keep it well under Envoy's ext_proc message_timeout",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ValkeyTimeout, n, c.ValkeyTimeout, u) }},
+		{"log-level", "COORD_LOG_LEVEL", "debug, info, warn or error",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.LogLevel, n, c.LogLevel, u) }},
+	}
+}
+
+func (c *Config) serveFlags() []flagSpec {
+	return append([]flagSpec{
+		{"listen", "COORD_LISTEN", "gRPC address for ext_proc, ext_authz and gRPC health",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Listen, n, c.Listen, u) }},
+		{"strategy", "COORD_STRATEGY", "pod pick per request: " + strings.Join(strategy.Names(), ", "),
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Strategy, n, c.Strategy, u) }},
+		{"routes", "COORD_ROUTES", "route table YAML file; empty: route by header x-destination-id (claim on miss, reassign orphans), else x-lock-id, else 404",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Routes, n, c.Routes, u) }},
+		{"endpoint-header", "COORD_ENDPOINT_HEADER", "header (and envoy.lb metadata key) carrying the chosen IP:port to Envoy's ORIGINAL_DST cluster",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.EndpointHeader, n, c.EndpointHeader, u) }},
+		{"cache-ttl", "COORD_CACHE_TTL", "longest use of cached registry data without an invalidation",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.CacheTTL, n, c.CacheTTL, u) }},
+		{"cache-size", "COORD_CACHE_SIZE", "entries in each in-process cache (destinations, members, locks)",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.CacheSize, n, c.CacheSize, u) }},
+		{"stale-max", "COORD_STALE_MAX", "while Valkey fails, answer from last known good data up to this age, then 503",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.StaleMax, n, c.StaleMax, u) }},
+		{"claim-grace", "COORD_CLAIM_GRACE", "after the registry was emptied, hold claims for this long so pods can re-assert (set to the pods' heartbeat interval; negative disables)",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ClaimGrace, n, c.ClaimGrace, u) }},
+		{"metrics-listen", "COORD_METRICS_LISTEN", "HTTP address for /metrics and /healthz; empty disables",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.MetricsListen, n, c.MetricsListen, u) }},
+		{"log-format", "COORD_LOG_FORMAT", "json or text",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.LogFormat, n, c.LogFormat, u) }},
+		{"body-limit", "COORD_BODY_LIMIT", "largest create-route response body read for the new id, in bytes",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.BodyLimit, n, c.BodyLimit, u) }},
+		{"shutdown-grace", "COORD_SHUTDOWN_GRACE", "on SIGTERM, how long in-flight streams may take before they are cut",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ShutdownGrace, n, c.ShutdownGrace, u) }},
+		{"max-connection-age", "COORD_MAX_CONNECTION_AGE", "gRPC connections are closed gracefully after this age so Envoy rebalances across replicas",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.MaxConnectionAge, n, c.MaxConnectionAge, u) }},
+	}, c.registryFlags()...)
+}
+
+// parse binds specs to a new flag set, applies environment twins, then the
+// command line. Usage lists every flag with its env twin and default.
+func parse(name, synopsis string, specs []flagSpec, args []string, getenv func(string) string, stderr io.Writer) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, s := range specs {
+		s.bind(fs, s.name, s.usage)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: coord-extproc %s\n\nFlags (each has an environment twin; flags win over the environment):\n", synopsis)
+		for _, s := range specs {
+			f := fs.Lookup(s.name)
+			fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n      %s\n", s.name, s.env, f.DefValue, s.usage)
+		}
+	}
+	for _, s := range specs {
+		if v := getenv(s.env); v != "" {
+			if err := fs.Set(s.name, v); err != nil {
+				return nil, fmt.Errorf("environment %s=%q: %w", s.env, v, err)
+			}
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (see coord-extproc %s --help)", err, name)
+	}
+	return fs, nil
+}
+
+// Validate checks every setting and says what is wrong with it.
+func (c *Config) Validate() error {
+	var errs []error
+	for flagName, addr := range map[string]string{"listen": c.Listen, "metrics-listen": c.MetricsListen} {
+		if addr == "" && flagName == "metrics-listen" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("--%s %q: %w", flagName, addr, err))
+		}
+	}
+	if _, err := c.valkeyOption(); err != nil {
+		errs = append(errs, fmt.Errorf("--valkey: %w", err))
+	}
+	if err := registry.ValidateID(c.KeyPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("--key-prefix: %w", err))
+	}
+	if _, err := strategy.New(c.Strategy); err != nil {
+		errs = append(errs, fmt.Errorf("--strategy: %w", err))
+	}
+	if c.EndpointHeader == "" || strings.ToLower(c.EndpointHeader) != c.EndpointHeader || strings.HasPrefix(c.EndpointHeader, "x-envoy-") || strings.HasPrefix(c.EndpointHeader, ":") {
+		errs = append(errs, fmt.Errorf("--endpoint-header %q: must be a lower-case header name, not x-envoy-* (ext_proc may not set those) nor a pseudo-header", c.EndpointHeader))
+	}
+	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
+		}
+	}
+	if c.CacheSize <= 0 {
+		errs = append(errs, fmt.Errorf("--cache-size %d: must be positive", c.CacheSize))
+	}
+	if c.BodyLimit <= 0 {
+		errs = append(errs, fmt.Errorf("--body-limit %d: must be positive", c.BodyLimit))
+	}
+	if _, err := c.logLevel(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	}
+	if c.Routes != "" {
+		if _, err := os.Stat(c.Routes); err != nil {
+			errs = append(errs, fmt.Errorf("--routes: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) valkeyOption() (valkey.ClientOption, error) {
+	opt, err := valkey.ParseURL(c.Valkey)
+	if err != nil {
+		return opt, err
+	}
+	return opt, nil
+}
+
+func (c *Config) logLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return l, fmt.Errorf("--log-level %q: debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+func (c *Config) logger(w io.Writer) *slog.Logger {
+	level, _ := c.logLevel()
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

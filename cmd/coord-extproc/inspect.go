@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/coord-extproc/coord-extproc/registry"
+)
+
+// inspect runs the operator subcommands: straight reads of the registry,
+// no caches involved.
+func inspect(ctx context.Context, cmd string, cfg *Config, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	synopsis := map[string]string{"members": "members [flags]", "destination": "destination <id> [flags]", "lock": "lock <id> [flags]"}[cmd]
+	var id string
+	if cmd != "members" {
+		if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
+			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+				_, err := parse(cmd, synopsis, cfg.registryFlags(), args, getenv, stderr)
+				return err
+			}
+			return fmt.Errorf("%w: coord-extproc %s needs an id", errUsage, synopsis)
+		}
+		id, args = args[0], args[1:]
+	}
+	if _, err := parse(cmd, synopsis, cfg.registryFlags(), args, getenv, stderr); err != nil {
+		return err
+	}
+	if _, err := cfg.logLevel(); err != nil {
+		return err
+	}
+	vopt, err := cfg.valkeyOption()
+	if err != nil {
+		return fmt.Errorf("--valkey: %w", err)
+	}
+	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: cfg.ValkeyTimeout, ClaimGrace: -1, Logger: cfg.logger(stderr)})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+	switch cmd {
+	case "members":
+		ms, err := reg.ListMembers(ctx)
+		if err != nil {
+			return err
+		}
+		printMembers(w, ms)
+	case "destination":
+		ms, err := reg.DescribeDestination(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "destination %s: %d member(s)\n", id, len(ms))
+		printMembers(w, ms)
+	case "lock":
+		l, err := reg.DescribeLock(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "lock %s\tTTL %s\n", id, ttl(l.TTL))
+		for _, k := range slices.Sorted(maps.Keys(l.Fields)) {
+			fmt.Fprintf(w, "  %s\t%s\n", k, l.Fields[k])
+		}
+		fmt.Fprintln(w, "owner:")
+		printMembers(w, []registry.MemberInfo{l.Owner})
+	}
+	return nil
+}
+
+func printMembers(w io.Writer, ms []registry.MemberInfo) {
+	fmt.Fprintln(w, "ID\tADDRESS\tLIVE\tLOAD\tTTL")
+	for _, m := range ms {
+		fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\n", m.ID, m.Address, m.Live, m.Load, ttl(m.TTL))
+	}
+}
+
+func ttl(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return d.Round(time.Millisecond).String()
+}

@@ -1,0 +1,194 @@
+package extproc
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/coord-extproc/coord-extproc/route"
+)
+
+// exchange is the state of one HTTP request seen through ext_proc. It
+// records exactly one decision metric, when the outcome is final.
+type exchange struct {
+	s        *Server
+	seen     bool // request headers arrived
+	o        outcome
+	awaiting bool // create/delete: waiting for the upstream response
+	status   int  // upstream response status
+	recorded bool
+}
+
+func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		if x.seen { // Envoy sends them once; answer a repeat without re-deciding
+			return x.s.passHeaders()
+		}
+		x.seen = true
+		return x.onRequestHeaders(ctx, r.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return continueRequestBody()
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return continueRequestTrailers()
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return x.onResponseHeaders(ctx, r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return x.onResponseBody(ctx, r.ResponseBody)
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return continueResponseTrailers()
+	}
+	return nil
+}
+
+func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	start := time.Now()
+	defer x.s.opt.Metrics.observe(apiExtProc, start)
+	hdrs := h.GetHeaders().GetHeaders()
+	get := func(name string) string { return headerValue(hdrs, name) }
+	x.o = decide(ctx, x.s.opt.Table, x.s.opt.Registry, get(":method"), get(":path"), get)
+	o := &x.o
+	switch {
+	case o.immediate():
+		x.record(o.result)
+		return immediate(o.status, o.message, o.retry)
+	case !o.routed:
+		x.record(o.result)
+		return x.s.passHeaders()
+	}
+	resp := x.s.routedHeaders(o)
+	switch o.rule.Action {
+	case route.ActionCreate, route.ActionDelete:
+		// Ask Envoy for the response (mode override): the binding is
+		// written, or deleted, on the upstream's verdict.
+		x.awaiting = true
+		resp.ModeOverride = &filterv3.ProcessingMode{
+			RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+			ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+			RequestBodyMode:     filterv3.ProcessingMode_NONE,
+			ResponseBodyMode:    filterv3.ProcessingMode_NONE,
+			RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+			ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
+		}
+		if o.rule.WantsBody() {
+			resp.ModeOverride.ResponseBodyMode = filterv3.ProcessingMode_BUFFERED
+		}
+	default:
+		x.record(o.result)
+	}
+	return resp
+}
+
+func (x *exchange) onResponseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	if !x.awaiting {
+		return continueResponseHeaders()
+	}
+	hdrs := h.GetHeaders().GetHeaders()
+	x.status, _ = strconv.Atoi(headerValue(hdrs, ":status"))
+	o := &x.o
+	if x.status != o.rule.ExpectedStatus {
+		x.done(ResultUpstreamError, "upstream answered a lifecycle route with an unexpected status", "status", x.status)
+		return continueResponseHeaders()
+	}
+	switch {
+	case o.rule.Action == route.ActionDelete:
+		if err := x.s.opt.Registry.DeleteDestination(ctx, o.id); err != nil {
+			// The pod deleted it; a stale binding would route to a pod
+			// that no longer has it. Say so loudly; the response stands.
+			x.done(ResultRegistryError, "destination deleted upstream but its binding could not be removed", "err", err)
+			return continueResponseHeaders()
+		}
+		x.done(ResultDeregistered, "")
+	case o.rule.IDFromHeader != "":
+		return x.bind(ctx, headerValue(hdrs, o.rule.IDFromHeader), true)
+	}
+	// create with id_from_json: the verdict comes with the body.
+	return continueResponseHeaders()
+}
+
+func (x *exchange) onResponseBody(ctx context.Context, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if !x.awaiting || !x.o.rule.WantsBody() {
+		return continueResponseBody()
+	}
+	if len(b.GetBody()) > x.s.opt.BodyLimit {
+		x.done(ResultUpstreamError, "create response body over the limit: not bound", "bytes", len(b.GetBody()), "limit", x.s.opt.BodyLimit)
+		return continueResponseBody()
+	}
+	var doc map[string]json.RawMessage
+	var id string
+	err := json.Unmarshal(b.GetBody(), &doc)
+	if err == nil {
+		err = json.Unmarshal(doc[x.o.rule.IDFromJSON], &id)
+	}
+	if err != nil {
+		x.done(ResultUpstreamError, "create response has no string field "+strconv.Quote(x.o.rule.IDFromJSON)+": not bound", "err", err)
+		return continueResponseBody()
+	}
+	return x.bind(ctx, id, false)
+}
+
+// bind writes the new destination's binding before the response is
+// released: Envoy holds the response until this answer.
+func (x *exchange) bind(ctx context.Context, id string, headers bool) *extprocv3.ProcessingResponse {
+	cont := continueResponseBody
+	if headers {
+		cont = continueResponseHeaders
+	}
+	if !x.o.rule.ValidID(id) {
+		x.done(ResultUpstreamError, "create response carries an invalid id: not bound", "id", id)
+		return cont()
+	}
+	if err := x.s.opt.Registry.Bind(ctx, id, x.o.member.ID); err != nil {
+		// The client must not believe the create succeeded while no
+		// request can reach it: fail it so it is retried.
+		x.done(ResultRegistryError, "created upstream but the binding could not be written", "id", id, "err", err)
+		return immediate(503, "Registry unavailable: binding not written", true)
+	}
+	x.o.id = id
+	x.done(ResultSpawned, "")
+	return cont()
+}
+
+func (x *exchange) done(result, warning string, args ...any) {
+	x.awaiting = false
+	if warning != "" {
+		x.s.opt.Logger.Warn(warning, append([]any{"rule", x.o.rule.Name, "member", x.o.member.ID}, args...)...)
+	}
+	x.record(result)
+}
+
+func (x *exchange) record(result string) {
+	if x.recorded {
+		return
+	}
+	x.recorded = true
+	x.s.opt.Metrics.decision(apiExtProc, x.o.action, result)
+}
+
+// finish records a lifecycle exchange whose response never came (upstream
+// failure, client gone).
+func (x *exchange) finish() {
+	if x.awaiting {
+		x.done(ResultUpstreamError, "stream ended before the upstream response")
+	}
+}
+
+// headerValue returns the first value of a lower-case header. Envoy sends
+// raw_value (value only from old versions).
+func headerValue(hdrs []*corev3.HeaderValue, name string) string {
+	for _, h := range hdrs {
+		if h.GetKey() == name {
+			if len(h.GetRawValue()) > 0 {
+				return string(h.GetRawValue())
+			}
+			return h.GetValue()
+		}
+	}
+	return ""
+}
+

@@ -1,0 +1,80 @@
+package extproc
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/coord-extproc/coord-extproc/registry"
+)
+
+// Metrics are the Prometheus series both servers record.
+type Metrics struct {
+	decisions      *prometheus.CounterVec
+	latency        *prometheus.HistogramVec
+	authzLifecycle *prometheus.CounterVec
+	panics         prometheus.Counter
+	streams        prometheus.Gauge
+}
+
+// API label values.
+const (
+	apiExtProc = "ext_proc"
+	apiAuthz   = "ext_authz"
+)
+
+// NewMetrics registers the series on reg. stats, when not nil, are the
+// registry's cumulative counters, exported as they are read.
+func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
+	m := &Metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coord_extproc_decisions_total",
+			Help: "Routing decisions by API, route action and result (SPEC §7 result names).",
+		}, []string{"api", "action", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "coord_extproc_decision_duration_seconds",
+			Help:    "Time from receiving request headers to sending the answer.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+		}, []string{"api"}),
+		authzLifecycle: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "coord_extproc_authz_lifecycle_unhandled_total",
+			Help: "create/delete requests seen through ext_authz, which cannot see responses: routed without binding or deleting.",
+		}, []string{"action"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coord_extproc_recovered_panics_total",
+			Help: "Panics recovered on the request path; each one is a bug.",
+		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "coord_extproc_streams_in_flight",
+			Help: "ext_proc streams currently open.",
+		}),
+	}
+	reg.MustRegister(m.decisions, m.latency, m.authzLifecycle, m.panics, m.streams)
+	if stats != nil {
+		for name, c := range map[string]func() uint64{
+			"coord_extproc_cache_hits_total":    stats.CacheHits.Load,
+			"coord_extproc_cache_misses_total":  stats.CacheMisses.Load,
+			"coord_extproc_valkey_errors_total": stats.ValkeyErrors.Load,
+			"coord_extproc_stale_answers_total": stats.StaleAnswers.Load,
+		} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
+				func() float64 { return float64(c()) }))
+		}
+	}
+	return m
+}
+
+var counterHelp = map[string]string{
+	"coord_extproc_cache_hits_total":    "Resolutions answered from memory with no Valkey round trip.",
+	"coord_extproc_cache_misses_total":  "Resolutions that needed Valkey.",
+	"coord_extproc_valkey_errors_total": "Valkey calls that failed or timed out.",
+	"coord_extproc_stale_answers_total": "Answers served from last known good data while Valkey failed.",
+}
+
+func (m *Metrics) decision(api, action, result string) {
+	m.decisions.WithLabelValues(api, action, result).Inc()
+}
+
+func (m *Metrics) observe(api string, start time.Time) {
+	m.latency.WithLabelValues(api).Observe(time.Since(start).Seconds())
+}

@@ -1,0 +1,107 @@
+package extproc
+
+import (
+	"encoding/json"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// retryAfterSeconds is sent with every 503: the registry usually heals (a
+// pod registers, Valkey comes back) within a second or two.
+const retryAfterSeconds = "1"
+
+// setHeader builds an ext_proc header mutation entry. Envoy's ext_proc
+// reads raw_value only (a value in `value` alone arrives empty) and the
+// append action is explicit: the default differs between Envoy versions.
+func setHeader(key, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func (s *Server) routedHeaders(o *outcome) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+				SetHeaders: []*corev3.HeaderValueOption{
+					setHeader(s.opt.EndpointHeader, o.member.Address),
+					setHeader(MemberHeader, o.member.ID),
+				},
+			}},
+		}},
+		DynamicMetadata: endpointMetadata(s.opt.EndpointHeader, o.member.Address),
+	}
+	return resp
+}
+
+func endpointMetadata(key, addr string) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		metadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			key: structpb.NewStringValue(addr),
+		}}),
+	}}
+}
+
+// passHeaders strips any client-sent routing headers: a client must never
+// choose the upstream address.
+func (s *Server) passHeaders() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+				RemoveHeaders: []string{s.opt.EndpointHeader, MemberHeader},
+			}},
+		}},
+	}
+}
+
+func immediate(status int, message string, retry bool) *extprocv3.ProcessingResponse {
+	hdrs := []*corev3.HeaderValueOption{setHeader("content-type", "application/json")}
+	if retry {
+		hdrs = append(hdrs, setHeader("retry-after", retryAfterSeconds))
+	}
+	var body []byte
+	if message != "" {
+		body = errorBody(message)
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(status)},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: hdrs},
+			Body:    body,
+			Details: "coord_extproc_" + strconv.Itoa(status),
+		},
+	}}
+}
+
+// errorBody is the JSON error document {"error": message}.
+func errorBody(message string) []byte {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{message}) // a struct of one string always marshals
+	return b
+}
+
+func continueRequestBody() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+}
+
+func continueRequestTrailers() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+}
+
+func continueResponseHeaders() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+}
+
+func continueResponseBody() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+}
+
+func continueResponseTrailers() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+}

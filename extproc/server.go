@@ -1,0 +1,111 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/coord-extproc/coord-extproc/route"
+)
+
+// Defaults of Options.
+const (
+	DefaultEndpointHeader = "x-gateway-destination-endpoint"
+	DefaultBodyLimit      = 64 << 10
+	// MemberHeader tells the pod which member id it was picked as.
+	MemberHeader = "x-coordinator-member"
+	// metadataNamespace is where Envoy's ORIGINAL_DST cluster (and the
+	// Gateway API Inference Extension convention) looks for the endpoint.
+	metadataNamespace = "envoy.lb"
+)
+
+// Options configure the servers.
+type Options struct {
+	Table    *route.Table
+	Registry Registry
+	Metrics  *Metrics
+	Logger   *slog.Logger
+	// EndpointHeader carries the chosen IP:port to Envoy.
+	EndpointHeader string
+	// BodyLimit caps buffered response bodies read on create routes.
+	BodyLimit int
+}
+
+// Server implements ext_proc. One stream is one HTTP request.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	opt Options
+}
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// NewServer checks opt and returns an ext_proc server.
+func NewServer(opt Options) (*Server, error) {
+	if opt.Table == nil || opt.Registry == nil || opt.Metrics == nil {
+		return nil, errors.New("extproc: Table, Registry and Metrics are required")
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.EndpointHeader == "" {
+		opt.EndpointHeader = DefaultEndpointHeader
+	}
+	if opt.BodyLimit <= 0 {
+		opt.BodyLimit = DefaultBodyLimit
+	}
+	return &Server{opt: opt}, nil
+}
+
+// Process serves one ext_proc stream: Envoy sends the request headers
+// (and whatever the processing mode asks for), we answer each message in
+// turn. End of stream and cancellation are normal ends.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	s.opt.Metrics.streams.Inc()
+	defer s.opt.Metrics.streams.Dec()
+	ctx := stream.Context()
+	x := &exchange{s: s}
+	defer x.finish()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		resp, err := s.handle(ctx, x, req)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(resp); err != nil {
+			if status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// handle runs one message through the exchange; a panic is turned into a
+// stream error (Envoy then applies its failure mode) and counted.
+func (s *Server) handle(ctx context.Context, x *exchange, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.opt.Metrics.panics.Inc()
+			s.opt.Logger.Error("recovered panic on the request path", "panic", p, "stack", string(debug.Stack()))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+	}()
+	resp = x.handle(ctx, req)
+	if resp == nil {
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("unexpected ext_proc message %T", req.GetRequest()))
+	}
+	return resp, nil
+}
