@@ -191,4 +191,3 @@ func headerValue(hdrs []*corev3.HeaderValue, name string) string {
 	}
 	return ""
 }
-

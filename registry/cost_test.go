@@ -3,8 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,26 +11,7 @@ import (
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 )
 
-// commandCount is the total of calls in INFO commandstats, less the INFO
-// calls themselves.
-func commandCount(t testing.TB, c valkey.Client) int64 {
-	t.Helper()
-	info, err := c.Do(context.Background(), c.B().Info().Section("commandstats").Build()).ToString()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total int64
-	for _, line := range strings.Split(info, "\n") {
-		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") {
-			continue
-		}
-		_, stats, _ := strings.Cut(line, ":")
-		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
-		n, _ := strconv.ParseInt(calls, 10, 64)
-		total += n
-	}
-	return total
-}
+func commandCount(t testing.TB, c valkey.Client) int64 { return valkeytest.CommandCount(t, c) }
 
 // Steady-state resolution costs zero Valkey commands and no allocation.
 func TestSteadyStateCost(t *testing.T) {

@@ -13,17 +13,7 @@ import (
 	"github.com/coord-extproc/coord-extproc/strategy"
 )
 
-// rawClient is a plain connection used to play other pods, replicas or an
-// operator writing the registry directly.
-func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client {
-	t.Helper()
-	c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
-	if err != nil {
-		t.Fatalf("connect raw client: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
+func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client { return srv.Client(t) }
 
 func newRegistry(t testing.TB, srv *valkeytest.Server, mod func(*Options)) *Registry {
 	t.Helper()
@@ -58,11 +48,7 @@ func newMember(t testing.TB, c valkey.Client, id string, port int, mod func(*Mem
 
 func do(t testing.TB, c valkey.Client, args ...string) valkey.ValkeyResult {
 	t.Helper()
-	res := c.Do(context.Background(), c.B().Arbitrary(args...).Build())
-	if err := res.Error(); err != nil && !valkey.IsValkeyNil(err) {
-		t.Fatalf("%v: %v", args, err)
-	}
-	return res
+	return valkeytest.Do(t, c, args...)
 }
 
 func smembers(t testing.TB, c valkey.Client, key string) []string {

@@ -51,7 +51,7 @@ func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (
 }
 
 func (r *Registry) routeSlow(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
-	if opt.ClaimOnMiss && !r.sets.Contains(destID) {
+	if opt.ClaimOnMiss && !r.sets.Contains(destID) && r.claimsOpen() {
 		// First sight of this destination here: the claim script reads
 		// and, only if the set is empty, claims, all in one call.
 		d, found, err := r.claim(ctx, destID, now)
@@ -288,12 +288,17 @@ func (r *Registry) runSetScript(ctx context.Context, s *valkey.Lua, key string, 
 	return ids, nil
 }
 
+// claimsOpen reports, without I/O, that no recovery grace is in force.
+func (r *Registry) claimsOpen() bool {
+	return r.opt.ClaimGrace < 0 || r.epochSettled.Load()
+}
+
 // checkEpoch refuses claims for ClaimGrace after the registry was emptied
 // (SPEC §3): a wiped registry looks exactly like one where nothing is
 // bound, and claiming then would hand a live pod's destinations to another
 // pod before the owner's next heartbeat re-asserts them.
 func (r *Registry) checkEpoch(ctx context.Context) error {
-	if r.opt.ClaimGrace < 0 || r.epochSettled.Load() {
+	if r.claimsOpen() {
 		return nil
 	}
 	gen := r.flushGen.Load()

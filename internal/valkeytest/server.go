@@ -2,6 +2,7 @@ package valkeytest
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/valkey-io/valkey-go"
 )
 
 // Server is a valkey-server process owned by one test.
@@ -170,4 +173,48 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// Client returns a plain connection (no client-side cache) to the server,
+// closed when the test ends: tests use it to play pods, other replicas or
+// an operator writing the registry directly.
+func (s *Server) Client(t testing.TB) valkey.Client {
+	t.Helper()
+	c, err := valkey.NewClient(valkey.ClientOption{InitAddress: []string{s.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatalf("valkeytest: connect: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Do runs a raw command and fails the test on any error but nil.
+func Do(t testing.TB, c valkey.Client, args ...string) valkey.ValkeyResult {
+	t.Helper()
+	res := c.Do(context.Background(), c.B().Arbitrary(args...).Build())
+	if err := res.Error(); err != nil && !valkey.IsValkeyNil(err) {
+		t.Fatalf("valkeytest: %v: %v", args, err)
+	}
+	return res
+}
+
+// CommandCount is the number of commands the server has run (INFO
+// commandstats, scripts' inner commands included, INFO itself excluded).
+func CommandCount(t testing.TB, c valkey.Client) int64 {
+	t.Helper()
+	info, err := Do(t, c, "INFO", "commandstats").ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, line := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") {
+			continue
+		}
+		_, stats, _ := strings.Cut(line, ":")
+		calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+		n, _ := strconv.ParseInt(calls, 10, 64)
+		total += n
+	}
+	return total
 }

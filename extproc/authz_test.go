@@ -1,0 +1,116 @@
+package extproc
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
+)
+
+func (e *env) check(t *testing.T, method, path string, kv ...string) *authv3.CheckResponse {
+	t.Helper()
+	h := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h[kv[i]] = kv[i+1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := e.authz.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Headers: h}},
+	}})
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return resp
+}
+
+// ext_authz gives the same answers as ext_proc where it can.
+func TestAuthzParity(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	e.do(t, "SADD", "coordinator:destination:bound", "live")
+	e.do(t, "SADD", "coordinator:destination:deadonly", "dead")
+	e.do(t, "HSET", "coordinator:lock:tx1", "podId", "live", "destinationId", "bound")
+	e.do(t, "HSET", "coordinator:lock:txgone", "podId", "dead", "destinationId", "bound")
+	tests := []struct {
+		name, method, path string
+		routed             string
+		status             int
+		body               string
+	}{
+		{"hit", "GET", "/tenants/bound/x", "127.0.0.1:7001", 0, ""},
+		{"claimed", "GET", "/claim/new", "127.0.0.1:7001", 0, ""},
+		{"lock hit", "GET", "/transactions/tx1/x", "127.0.0.1:7001", 0, ""},
+		{"create routes without binding", "POST", "/tenants", "127.0.0.1:7001", 0, ""},
+		{"delete routes without deleting", "DELETE", "/tenants/bound", "127.0.0.1:7001", 0, ""},
+		{"not found", "GET", "/tenants/nope/x", "", 404, `{"error":"Destination not found"}`},
+		{"invalid", "GET", "/tenants/a%20b/x", "", 400, `{"error":"Invalid id"}`},
+		{"lock not found", "GET", "/transactions/nope/x", "", 404, `{"error":"Lock not found"}`},
+		{"lock gone", "GET", "/transactions/txgone/x", "", 410, `{"error":"Lock owner is gone"}`},
+		{"no route", "GET", "/elsewhere", "", 404, `{"error":"No route"}`},
+		{"dead-pod delete answered here", "DELETE", "/tenants/deadonly", "", 204, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := e.check(t, tt.method, tt.path)
+			if tt.routed != "" {
+				if resp.GetStatus().GetCode() != int32(codes.OK) {
+					t.Fatalf("status %v", resp.GetStatus())
+				}
+				got := map[string]string{}
+				for _, h := range resp.GetOkResponse().GetHeaders() {
+					if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || len(h.GetHeader().GetRawValue()) != 0 {
+						t.Fatalf("ext_authz header %v: want value (not raw_value) with overwrite", h)
+					}
+					got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+				}
+				if got[DefaultEndpointHeader] != tt.routed || got[MemberHeader] != "live" {
+					t.Fatalf("headers %v", got)
+				}
+				return
+			}
+			d := resp.GetDeniedResponse()
+			if resp.GetStatus().GetCode() == int32(codes.OK) || d == nil || int(d.GetStatus().GetCode()) != tt.status || d.GetBody() != tt.body {
+				t.Fatalf("denied %v", resp)
+			}
+		})
+	}
+	if n := e.counterVec(t, "coord_extproc_authz_lifecycle_unhandled_total"); n != 2 {
+		t.Fatalf("lifecycle calls through ext_authz counted %v, want 2", n)
+	}
+	if members := smembers(t, e, "coordinator:destination:deadonly"); len(members) != 0 {
+		t.Fatalf("dead-only binding not removed: %v", members)
+	}
+	if members := smembers(t, e, "coordinator:destination:bound"); len(members) != 1 {
+		t.Fatalf("ext_authz delete must not delete: %v", members)
+	}
+}
+
+func smembers(t *testing.T, e *env, key string) []string {
+	t.Helper()
+	s, err := e.do(t, "SMEMBERS", key).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (e *env) counterVec(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := e.prom.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
+}

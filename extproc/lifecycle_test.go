@@ -1,0 +1,130 @@
+package extproc
+
+import (
+	"strings"
+	"testing"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+)
+
+func TestCreate(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	tests := []struct {
+		name     string
+		path     string
+		status   int
+		body     string // "" for the header variant
+		header   string
+		wantBind string // destination id that must be bound to live, "" for none
+		result   string
+	}{
+		{"id from JSON body", "/tenants", 201, `{"tenantId":"t-json","memberId":"live"}`, "", "t-json", "spawned"},
+		{"id from response header", "/hdr-tenants", 201, "", "t-hdr", "t-hdr", "spawned"},
+		{"unexpected status", "/tenants", 500, `{"tenantId":"t-500"}`, "", "", "upstream_error"},
+		{"unexpected status, header variant", "/hdr-tenants", 409, "", "t-409", "", "upstream_error"},
+		{"body too large", "/tenants", 201, `{"tenantId":"t-big","pad":"` + strings.Repeat("x", 2048) + `"}`, "", "", "upstream_error"},
+		{"body not JSON", "/tenants", 201, `tenantId=t-form`, "", "", "upstream_error"},
+		{"id field missing", "/tenants", 201, `{"id":"t-wrongfield"}`, "", "", "upstream_error"},
+		{"id invalid", "/tenants", 201, `{"tenantId":"has space"}`, "", "", "upstream_error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := e.counter(t, apiExtProc, "create", tt.result)
+			s := e.open(t)
+			defer s.close()
+			resp := s.send(reqHeaders("POST", tt.path))
+			if setHeaders(resp)[DefaultEndpointHeader] != "127.0.0.1:7001" {
+				t.Fatalf("create not routed to the picked member: %v", resp)
+			}
+			mo := resp.GetModeOverride()
+			wantBody := filterv3.ProcessingMode_NONE
+			if tt.header == "" {
+				wantBody = filterv3.ProcessingMode_BUFFERED
+			}
+			if mo.GetResponseHeaderMode() != filterv3.ProcessingMode_SEND || mo.GetResponseBodyMode() != wantBody {
+				t.Fatalf("mode override %v", mo)
+			}
+			var last = s.send(respHeaders(tt.status, "x-new-tenant", tt.header))
+			if last.GetResponseHeaders() == nil {
+				t.Fatalf("response headers answered with %v", last)
+			}
+			if tt.header == "" {
+				if last = s.send(respBody(tt.body)); last.GetResponseBody() == nil {
+					t.Fatalf("response body answered with %v", last)
+				}
+			}
+			// The answer that releases the response has arrived: the
+			// binding must already be there.
+			for _, id := range []string{"t-json", "t-hdr", "t-500", "t-409", "t-big", "t-form", "t-wrongfield"} {
+				got := smembers(t, e, "coordinator:destination:"+id)
+				if id == tt.wantBind && (len(got) != 1 || got[0] != "live") {
+					t.Fatalf("%s bound to %v when the response was released, want [live]", id, got)
+				}
+				if id != tt.wantBind && len(got) != 0 && !(id == "t-json" || id == "t-hdr") {
+					t.Fatalf("%s bound to %v: binding written in a failure case", id, got)
+				}
+			}
+			if got := e.counter(t, apiExtProc, "create", tt.result); got != before+1 {
+				t.Fatalf("result %s counted %v -> %v", tt.result, before, got)
+			}
+		})
+	}
+	t.Run("no live member", func(t *testing.T) {
+		e.do(t, "DEL", "coordinator:member:live")
+		eventuallyTrue(t, func() bool {
+			status, _, _ := immediateOf(e.headersOnly(t, "POST", "/tenants"))
+			return status == 503
+		})
+	})
+}
+
+func TestDelete(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	e.do(t, "SADD", "coordinator:destination:gone-ok", "live")
+	e.do(t, "SADD", "coordinator:destination:kept", "live")
+	e.do(t, "SADD", "coordinator:destination:deadpod", "dead1", "dead2")
+
+	t.Run("deregistered on the expected status", func(t *testing.T) {
+		s := e.open(t)
+		defer s.close()
+		resp := s.send(reqHeaders("DELETE", "/tenants/gone-ok"))
+		if setHeaders(resp)[DefaultEndpointHeader] != "127.0.0.1:7001" || resp.GetModeOverride().GetResponseBodyMode() != filterv3.ProcessingMode_NONE {
+			t.Fatalf("delete not routed with a headers-only override: %v", resp)
+		}
+		s.send(respHeaders(204))
+		if got := smembers(t, e, "coordinator:destination:gone-ok"); len(got) != 0 {
+			t.Fatalf("binding still %v", got)
+		}
+		if e.counter(t, apiExtProc, "delete", "deregistered") != 1 {
+			t.Fatal("deregistered not counted")
+		}
+	})
+	t.Run("kept on another status", func(t *testing.T) {
+		s := e.open(t)
+		defer s.close()
+		s.send(reqHeaders("DELETE", "/tenants/kept"))
+		s.send(respHeaders(500))
+		if got := smembers(t, e, "coordinator:destination:kept"); len(got) != 1 {
+			t.Fatalf("binding changed to %v", got)
+		}
+	})
+	t.Run("dead pod: answered without any upstream", func(t *testing.T) {
+		status, body, _ := immediateOf(e.headersOnly(t, "DELETE", "/tenants/deadpod"))
+		if status != 204 || body != "" {
+			t.Fatalf("immediate %d %q, want 204 with no body", status, body)
+		}
+		if got := smembers(t, e, "coordinator:destination:deadpod"); len(got) != 0 {
+			t.Fatalf("binding still %v", got)
+		}
+		if e.counter(t, apiExtProc, "delete", "deregistered_dead_pod") != 1 {
+			t.Fatal("not counted")
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		if status, _, _ := immediateOf(e.headersOnly(t, "DELETE", "/tenants/never")); status != 404 {
+			t.Fatalf("status %d", status)
+		}
+	})
+}
