@@ -56,23 +56,26 @@ rules:
 // env is a real coord-extproc gRPC server on a loopback port in front of a
 // real valkey-server.
 type env struct {
-	srv   *valkeytest.Server
-	c     valkey.Client
-	reg   *registry.Registry
-	prom  *prometheus.Registry
-	proc  extprocv3.ExternalProcessorClient
-	authz authv3.AuthorizationClient
-	gs    *grpc.Server
+	server *Server
+	srv    *valkeytest.Server
+	c      valkey.Client
+	reg    *registry.Registry
+	prom   *prometheus.Registry
+	proc   extprocv3.ExternalProcessorClient
+	authz  authv3.AuthorizationClient
+	gs     *grpc.Server
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvTB(t) }
+
+func newEnvTB(t testing.TB) *env {
 	t.Helper()
 	e := &env{srv: valkeytest.Start(t)}
 	e.c = e.srv.Client(t)
 	var err error
 	e.reg, err = registry.New(context.Background(), registry.Options{
 		Client:     valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
-		ClaimGrace: -1, StaleMax: 200 * time.Millisecond, CacheTTL: 100 * time.Millisecond,
+		ClaimGrace: -1,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +90,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.server = s
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -106,17 +110,21 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) do(t *testing.T, args ...string) valkey.ValkeyResult {
+func (e *env) do(t *testing.T, args ...string) valkey.ValkeyResult { return e.doTB(t, args...) }
+
+func (e *env) doTB(t testing.TB, args ...string) valkey.ValkeyResult {
 	t.Helper()
 	return valkeytest.Do(t, e.c, args...)
 }
 
 // pod registers a member the way @platformatic/coordinator does.
-func (e *env) pod(t *testing.T, id string, port int) {
+func (e *env) pod(t *testing.T, id string, port int) { e.podTB(t, id, port) }
+
+func (e *env) podTB(t testing.TB, id string, port int) {
 	t.Helper()
-	e.do(t, "SADD", "coordinator:members", id)
-	e.do(t, "HSET", "coordinator:member:"+id, "address", fmt.Sprintf("http://127.0.0.1:%d", port), "load", "0")
-	e.do(t, "EXPIRE", "coordinator:member:"+id, "30")
+	e.doTB(t, "SADD", "coordinator:members", id)
+	e.doTB(t, "HSET", "coordinator:member:"+id, "address", fmt.Sprintf("http://127.0.0.1:%d", port), "load", "0")
+	e.doTB(t, "EXPIRE", "coordinator:member:"+id, "30")
 }
 
 func hdrs(kv ...string) *corev3.HeaderMap {

@@ -46,11 +46,15 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(ctx, registry.Options{
+	reg, err := connect(ctx, registry.Options{
 		Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 		CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
 		StaleMax: cfg.StaleMax, ClaimGrace: cfg.ClaimGrace, Logger: log,
-	})
+	}, log)
+	if errors.Is(err, context.Canceled) {
+		log.Info("stopped before valkey was reachable")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -130,6 +134,25 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// connect retries until Valkey accepts a connection: at start-up Valkey
+// may simply not be up yet, which is no reason to crash-loop.
+func connect(ctx context.Context, opt registry.Options, log *slog.Logger) (*registry.Registry, error) {
+	wait := 100 * time.Millisecond
+	for {
+		reg, err := registry.New(ctx, opt)
+		if err == nil {
+			return reg, nil
+		}
+		log.Warn("cannot reach valkey yet; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("gave up connecting to valkey (%w): %w", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // markServingWhenReady flips gRPC health to SERVING once Valkey answers.
