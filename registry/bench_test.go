@@ -31,7 +31,9 @@ func benchRegistry(b *testing.B, pods int) (*Registry, func() int64) {
 	return r, func() int64 { return commandCount(b, c) }
 }
 
-func benchCached(b *testing.B, pods int) {
+// benchCached resolves a warm destination (or lock) from parallel
+// goroutines and reports the Valkey commands it cost.
+func benchCached(b *testing.B, pods int, resolve func(*Registry, context.Context) (Decision, error)) {
 	r, cmds := benchRegistry(b, pods)
 	ctx := context.Background()
 	before := cmds()
@@ -39,7 +41,7 @@ func benchCached(b *testing.B, pods int) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := r.Route(ctx, "d", RouteOptions{}); err != nil {
+			if _, err := resolve(r, ctx); err != nil {
 				b.Error(err)
 				return
 			}
@@ -49,26 +51,14 @@ func benchCached(b *testing.B, pods int) {
 	b.ReportMetric(float64(cmds()-before)/float64(b.N), "valkey-cmds/op")
 }
 
-func BenchmarkResolveCached1Pod(b *testing.B)  { benchCached(b, 1) }
-func BenchmarkResolveCached3Pods(b *testing.B) { benchCached(b, 3) }
-
-func BenchmarkResolveLockCached(b *testing.B) {
-	r, cmds := benchRegistry(b, 1)
-	ctx := context.Background()
-	before := cmds()
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := r.RouteLock(ctx, "l"); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(cmds()-before)/float64(b.N), "valkey-cmds/op")
+func routeD(r *Registry, ctx context.Context) (Decision, error) {
+	return r.Route(ctx, "d", RouteOptions{})
 }
+func lockL(r *Registry, ctx context.Context) (Decision, error) { return r.RouteLock(ctx, "l") }
+
+func BenchmarkResolveCached1Pod(b *testing.B)  { benchCached(b, 1, routeD) }
+func BenchmarkResolveCached3Pods(b *testing.B) { benchCached(b, 3, routeD) }
+func BenchmarkResolveLockCached(b *testing.B)  { benchCached(b, 1, lockL) }
 
 // BenchmarkClaimOnMiss claims a new destination per op: it reports the
 // Valkey commands (including those run inside the script) per claim.
