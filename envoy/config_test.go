@@ -1,0 +1,110 @@
+package envoy
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+func TestBootstrapsParseAndValidate(t *testing.T) {
+	for _, file := range []string{"envoy.yaml", "envoy-ext-authz.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			b, err := Load(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != 9901 {
+				t.Fatalf("admin on %v, want 127.0.0.1:9901", a)
+			}
+			l := b.GetStaticResources().GetListeners()
+			if len(l) != 1 || l[0].GetAddress().GetSocketAddress().GetPortValue() != 10000 {
+				t.Fatalf("listeners %v", l)
+			}
+			var hcm hcmv3.HttpConnectionManager
+			if err := l[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+				t.Fatal(err)
+			}
+			filters := hcm.GetHttpFilters()
+			if len(filters) != 2 || filters[1].GetName() != "envoy.filters.http.router" {
+				t.Fatalf("http filters %v", filters)
+			}
+			msg, err := filters[0].GetTypedConfig().UnmarshalNew()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch f := msg.(type) {
+			case *extprocv3.ExternalProcessor:
+				pm := f.GetProcessingMode()
+				if !f.GetAllowModeOverride() || f.GetFailureModeAllow() || f.GetMessageTimeout().AsDuration().Milliseconds() != 200 ||
+					pm.GetRequestHeaderMode() != extprocv3.ProcessingMode_SEND || pm.GetResponseHeaderMode() != extprocv3.ProcessingMode_SKIP ||
+					pm.GetRequestBodyMode() != extprocv3.ProcessingMode_NONE || pm.GetResponseBodyMode() != extprocv3.ProcessingMode_NONE ||
+					f.GetGrpcService().GetEnvoyGrpc().GetClusterName() != "coord_extproc" {
+					t.Fatalf("ext_proc config %v", f)
+				}
+			case *authzv3.ExtAuthz:
+				if f.GetFailureModeAllow() || f.GetGrpcService().GetEnvoyGrpc().GetClusterName() != "coord_extproc" || f.GetStatusOnError().GetCode() != 503 {
+					t.Fatalf("ext_authz config %v", f)
+				}
+			default:
+				t.Fatalf("first filter is %T", msg)
+			}
+			var pods, coord *clusterv3.Cluster
+			for _, c := range b.GetStaticResources().GetClusters() {
+				switch c.GetName() {
+				case "pods":
+					pods = c
+				case "coord_extproc":
+					coord = c
+				}
+			}
+			if pods.GetType() != clusterv3.Cluster_ORIGINAL_DST || pods.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED ||
+				!pods.GetOriginalDstLbConfig().GetUseHttpHeader() || pods.GetOriginalDstLbConfig().GetHttpHeaderName() != "x-gateway-destination-endpoint" ||
+				pods.GetLoadAssignment() != nil || pods.GetCleanupInterval() == nil || pods.GetCircuitBreakers() == nil {
+				t.Fatalf("pods cluster %v", pods)
+			}
+			opts := coord.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+			if opts == nil || !strings.Contains(opts.GetTypeUrl(), "HttpProtocolOptions") {
+				t.Fatalf("coord_extproc cluster lacks HTTP/2 options: %v", coord)
+			}
+			if a := coord.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); a.GetPortValue() != 9002 {
+				t.Fatalf("coord_extproc at %v", a)
+			}
+		})
+	}
+}
+
+// A typo in a field name, an unknown enum value, an unresolvable @type or
+// a broken validation rule must each fail: the test above is not vacuous.
+func TestBrokenCopiesFail(t *testing.T) {
+	orig, err := os.ReadFile("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, from, to, want string }{
+		{"field typo", "allow_mode_override: true", "allow_mode_overide: true", "allow_mode_overide"},
+		{"enum typo", "response_header_mode: SKIP", "response_header_mode: SKIPPED", "SKIPPED"},
+		{"unknown typed_config", "envoy.extensions.filters.http.router.v3.Router", "envoy.extensions.filters.http.router.v3.Routr", "Routr"},
+		{"validation rule", "port_value: 9002", "port_value: 99999", "PortValue"},
+		{"nested typo", "use_http_header: true", "use_http_headers: true", "use_http_headers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			broken := strings.Replace(string(orig), tt.from, tt.to, 1)
+			if broken == string(orig) {
+				t.Fatalf("%q not found in envoy.yaml", tt.from)
+			}
+			_, err := Parse([]byte(broken))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := Parse(orig); err != nil {
+		t.Fatal(err)
+	}
+}
