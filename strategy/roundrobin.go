@@ -20,6 +20,10 @@ type roundRobin struct {
 	seed   maphash.Seed
 	limit  int
 	shards [rrShards]rrShard
+	// starts hands each new cursor the next starting offset, so that new
+	// destinations (claims, creates) spread over the pods instead of all
+	// starting on the first one.
+	starts atomic.Uint64
 }
 
 type rrShard struct {
@@ -68,6 +72,7 @@ func (rr *roundRobin) cursor(destID string) *atomic.Uint64 {
 		clear(s.cursors)
 	}
 	cur = new(atomic.Uint64)
+	cur.Store(rr.starts.Add(1) - 1)
 	s.cursors[destID] = cur
 	return cur
 }

@@ -53,6 +53,21 @@ func TestRoundRobinPerDestination(t *testing.T) {
 	}
 }
 
+// New destinations start where the previous one started plus one, so
+// that claims spread over every pod.
+func TestRoundRobinSpreadsNewDestinations(t *testing.T) {
+	rr := NewRoundRobin(0)
+	c := cands(0, 0, 0)
+	seen := map[string]int{}
+	for i := 0; i < 6; i++ {
+		got, _ := rr.Pick(fmt.Sprintf("new-%d", i), c)
+		seen[got.ID]++
+	}
+	if len(seen) != 3 || seen["m0"] != 2 || seen["m1"] != 2 || seen["m2"] != 2 {
+		t.Fatalf("first picks of 6 new destinations: %v, want 2 on each pod", seen)
+	}
+}
+
 func TestRoundRobinCursorLimit(t *testing.T) {
 	rr := NewRoundRobin(1).(*roundRobin)
 	c := cands(0, 0)

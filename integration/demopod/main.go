@@ -1,0 +1,120 @@
+// Command demopod is a stateful pod for demos and end-to-end tests: it
+// keeps per-tenant key-value data in memory, registers itself in the
+// registry with registry.Member (heartbeat, deregistration on SIGTERM),
+// holds transactions pinned by lock records, and fans a destination out
+// to the least-loaded other pod when it stays over a concurrency cap.
+// Every response names the member that served it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/registry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "demopod:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen, id, valkeyURL, prefix, advertise string
+	ttl, heartbeat, lease, fanoutHold      time.Duration
+	fanoutCap                              int
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("demopod", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "HTTP address")
+	fs.StringVar(&o.id, "id", "", "member id (default: random)")
+	fs.StringVar(&o.valkeyURL, "valkey", "redis://127.0.0.1:6379", "Valkey URL")
+	fs.StringVar(&o.prefix, "key-prefix", registry.DefaultPrefix, "registry key prefix")
+	fs.StringVar(&o.advertise, "advertise", "", "address to register (default: http://<listen address>)")
+	fs.DurationVar(&o.ttl, "ttl", registry.DefaultMemberTTL, "member record TTL")
+	fs.DurationVar(&o.heartbeat, "heartbeat", registry.DefaultHeartbeatInterval, "heartbeat interval")
+	fs.DurationVar(&o.lease, "lock-lease", 30*time.Second, "transaction lock lease, refreshed by each call")
+	fs.IntVar(&o.fanoutCap, "fanout-cap", 0, "in-flight requests per destination above which it fans out (0: never)")
+	fs.DurationVar(&o.fanoutHold, "fanout-hold", 300*time.Millisecond, "how long a destination must stay above the cap")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	vopt, err := valkey.ParseURL(o.valkeyURL)
+	if err != nil {
+		return fmt.Errorf("--valkey: %w", err)
+	}
+	vopt.DisableCache = true
+	client, err := valkey.NewClient(vopt)
+	if err != nil {
+		return fmt.Errorf("connect to valkey: %w", err)
+	}
+	defer client.Close()
+
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	if o.advertise == "" {
+		o.advertise = "http://" + lis.Addr().String()
+	}
+	p := newPod(log, o)
+	member, err := registry.NewMember(registry.MemberOptions{
+		Client: client, Prefix: o.prefix, ID: o.id, Address: o.advertise,
+		TTL: o.ttl, HeartbeatInterval: o.heartbeat, Load: p.load, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	p.member = member
+	srv := &http.Server{Handler: p.routes(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+
+	mctx, stopMember := context.WithCancel(ctx)
+	defer stopMember()
+	if err := member.Register(mctx, 0); err != nil {
+		return err
+	}
+	memberDone := make(chan error, 1)
+	go func() { memberDone <- member.Run(mctx) }()
+	if o.fanoutCap > 0 {
+		go p.watchHotDestinations(mctx)
+	}
+	log.Info("demopod ready", "member", member.ID(), "addr", lis.Addr().String(), "advertise", o.advertise)
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	// Deregister first so coord-extproc moves the tenants at once, then
+	// let in-flight requests finish.
+	stopMember()
+	if err := <-memberDone; err != nil {
+		log.Warn("deregistration failed", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	log.Info("demopod stopping", "member", member.ID())
+	return srv.Shutdown(sctx)
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
+)
+
+// authorize plays Envoy's ext_authz filter (gRPC service): one Check per
+// request under the grpc_service timeout. OK: headers are set (from
+// `value`, not raw_value) and then headers_to_remove removed — in that
+// order, as source/extensions/filters/http/ext_authz/ext_authz.cc applies
+// them. Denied: a local reply with the denied status (403 when unset),
+// headers and body. Error: failure_mode_allow, else status_on_error.
+func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) *localReply {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.authzTimeout)
+	defer cancel()
+	flat := map[string]string{}
+	for _, e := range *h {
+		if strings.HasPrefix(e.key, ":") {
+			continue
+		}
+		if prev, ok := flat[e.key]; ok {
+			flat[e.key] = prev + "," + e.value // repeated headers are joined, as Envoy does
+		} else {
+			flat[e.key] = e.value
+		}
+	}
+	path, _ := h.get(":path")
+	method, _ := h.get(":method")
+	host, _ := h.get(":authority")
+	resp, err := g.authz.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: flat["x-request-id"], Method: method, Path: path, Host: host, Scheme: "http",
+			Protocol: r.Proto, Headers: flat,
+		}},
+	}})
+	if err != nil {
+		if g.cfg.failureModeAllow {
+			return nil
+		}
+		return &localReply{status: g.cfg.statusOnError, details: "ext_authz_error"}
+	}
+	if codes.Code(resp.GetStatus().GetCode()) != codes.OK {
+		d := resp.GetDeniedResponse()
+		code := int(d.GetStatus().GetCode())
+		if code == 0 {
+			code = http.StatusForbidden
+		}
+		return &localReply{status: code, body: []byte(d.GetBody()), authzHeaders: d.GetHeaders(), details: "ext_authz_denied"}
+	}
+	ok := resp.GetOkResponse()
+	for _, o := range ok.GetHeaders() {
+		applyAuthzHeader(h, o)
+	}
+	for _, name := range ok.GetHeadersToRemove() {
+		n := lower(name)
+		if strings.HasPrefix(n, ":") || n == "host" { // Envoy refuses to remove these
+			continue
+		}
+		h.remove(n)
+	}
+	return nil
+}
+
+func applyAuthzHeader(h *headerMap, o *corev3.HeaderValueOption) {
+	name, value := lower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
+	_, exists := h.get(name)
+	switch o.GetAppendAction() {
+	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+		// Unset action: the deprecated append flag, which ext_authz
+		// defaults to false (set) for request headers.
+		if o.GetAppend().GetValue() {
+			h.add(name, value)
+		} else {
+			h.set(name, value)
+		}
+	case corev3.HeaderValueOption_ADD_IF_ABSENT:
+		if !exists {
+			h.add(name, value)
+		}
+	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+		h.set(name, value)
+	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+		if exists {
+			h.set(name, value)
+		}
+	}
+}

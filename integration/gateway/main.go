@@ -1,0 +1,112 @@
+// Command gateway is a stand-in for Envoy, for machines where no Envoy
+// binary can be installed. It configures itself from an Envoy bootstrap
+// (envoy/envoy.yaml or envoy/envoy-ext-authz.yaml) and plays Envoy's part
+// for what coord-extproc relies on: the ext_proc client (one stream per
+// request, processing modes and mode_override, header mutation rules,
+// immediate responses, message_timeout, failure mode), the ext_authz
+// client, and the ORIGINAL_DST cluster routing by header. Each behaviour
+// names the Envoy source it mirrors. Settings it does not implement are
+// refused at start-up.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/coord-extproc/coord-extproc/envoy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "envoy/envoy.yaml", "Envoy bootstrap to play")
+	listen := fs.String("listen", "", "override the listener address (default: the bootstrap's)")
+	coord := fs.String("coord-extproc", "", "override the coord_extproc cluster's address (default: the bootstrap's)")
+	verbose := fs.Bool("v", false, "log every local reply")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	b, err := envoy.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	cfg, err := fromBootstrap(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *cfgPath, err)
+	}
+	if *listen != "" {
+		cfg.listen = *listen
+	}
+	if *coord != "" {
+		cfg.grpc.addr = *coord
+	}
+	ck, err := newChecker(cfg.rules)
+	if err != nil {
+		return fmt.Errorf("mutation_rules: %w", err)
+	}
+	conn, err := grpc.NewClient(cfg.grpc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var connectTimeout time.Duration
+	for _, c := range cfg.clusters {
+		connectTimeout = max(connectTimeout, c.connectTimeout)
+	}
+	g := &gateway{
+		cfg: cfg, log: log, checker: ck,
+		proc:  extprocv3.NewExternalProcessorClient(conn),
+		authz: authv3.NewAuthorizationClient(conn),
+		transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: connectTimeout}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     30 * time.Second,
+		},
+	}
+	lis, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second}
+	log.Info("gateway listening", "addr", lis.Addr().String(), "api", cfg.api, "coord_extproc", cfg.grpc.addr, "config", *cfgPath)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}

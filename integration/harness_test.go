@@ -1,0 +1,301 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
+)
+
+// bins are the binaries under test, built once by TestMain.
+var bins struct{ coord, gateway, pod string }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "coord-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins.coord, bins.gateway, bins.pod = filepath.Join(dir, "coord-extproc"), filepath.Join(dir, "gateway"), filepath.Join(dir, "demopod")
+	for out, pkg := range map[string]string{bins.coord: "../cmd/coord-extproc", bins.gateway: "./gateway", bins.pod: "./demopod"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n", pkg, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is a child process whose output goes to a log file that is
+// printed when the test fails.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func start(t *testing.T, name, bin string, args ...string) *process {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("---- %s log (last 3000 bytes) ----\n%s", name, tail(b, 3000))
+		}
+	})
+	return p
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+func (p *process) signal(sig syscall.Signal) { _ = p.cmd.Process.Signal(sig) }
+
+func (p *process) kill() {
+	p.signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// exited waits for the process to end.
+func (p *process) exited(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		t.Fatalf("%s still running after %s", p.name, within)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stackOptions shape one end-to-end stack.
+type stackOptions struct {
+	config     string // envoy bootstrap under ../envoy
+	gateway    string // "standin" or "envoy"
+	replicas   int    // coord-extproc replicas, each with its own gateway
+	strategy   string
+	podTTL     time.Duration
+	heartbeat  time.Duration
+	fanoutCap  int
+	claimGrace time.Duration
+}
+
+type stack struct {
+	t      *testing.T
+	valkey *valkeytest.Server
+	raw    valkey.Client
+	coords []*coord
+	pods   map[string]*pod
+	gws    []string // gateway base URLs, one per replica
+	client *http.Client
+}
+
+type coord struct {
+	proc          *process
+	grpc, metrics string
+}
+
+type pod struct {
+	id, addr string
+	proc     *process
+}
+
+func newStack(t *testing.T, o stackOptions) *stack {
+	t.Helper()
+	if o.config == "" {
+		o.config = "envoy.yaml"
+	}
+	if o.replicas == 0 {
+		o.replicas = 1
+	}
+	if o.strategy == "" {
+		o.strategy = "round-robin"
+	}
+	if o.podTTL == 0 {
+		o.podTTL, o.heartbeat = 2*time.Second, 300*time.Millisecond
+	}
+	if o.claimGrace == 0 {
+		o.claimGrace = o.heartbeat
+	}
+	if o.gateway == "envoy" && os.Getenv("ENVOY_BIN") == "" {
+		t.Skip("ENVOY_BIN is not set: this case's real-Envoy run is skipped (the stand-in run above covers it)")
+	}
+	s := &stack{t: t, valkey: valkeytest.Start(t), pods: map[string]*pod{}, client: &http.Client{Timeout: 5 * time.Second}}
+	s.raw = s.valkey.Client(t)
+	for i := 0; i < 3; i++ {
+		s.startPod(fmt.Sprintf("pod-%d", i+1), o)
+	}
+	for i := 0; i < o.replicas; i++ {
+		c := &coord{grpc: freeAddr(t), metrics: freeAddr(t)}
+		c.proc = start(t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
+			"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.valkey.URL(),
+			"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
+			"--claim-grace", o.claimGrace.String(), "--log-format", "text")
+		waitFor(t, 5*time.Second, "coord-extproc healthy", func() bool { return s.status("http://"+c.metrics+"/healthz") == 200 })
+		s.coords = append(s.coords, c)
+		s.gws = append(s.gws, s.startGateway(o, c, i))
+	}
+	// A brand-new registry holds claims for --claim-grace (pods may be
+	// re-asserting bindings after a wipe); wait until a claim goes through.
+	for gw := range s.gws {
+		waitFor(t, 5*time.Second, "claims open", func() bool {
+			return s.do(gw, "GET", "/sessions/probe/keys/x", "").str("error") != "Registry recovering"
+		})
+	}
+	return s
+}
+
+func (s *stack) startPod(id string, o stackOptions) *pod {
+	s.t.Helper()
+	p := &pod{id: id, addr: freeAddr(s.t)}
+	args := []string{"--listen", p.addr, "--id", id, "--valkey", s.valkey.URL(), "--ttl", o.podTTL.String(), "--heartbeat", o.heartbeat.String()}
+	if o.fanoutCap > 0 {
+		args = append(args, "--fanout-cap", fmt.Sprint(o.fanoutCap), "--fanout-hold", "200ms")
+	}
+	p.proc = start(s.t, id, bins.pod, args...)
+	waitFor(s.t, 5*time.Second, id+" registered", func() bool {
+		n, _ := s.raw.Do(context.Background(), s.raw.B().Exists().Key("coordinator:member:"+id).Build()).AsInt64()
+		return n == 1
+	})
+	s.pods[id] = p
+	return p
+}
+
+// startGateway starts the stand-in, or a real Envoy from the same file
+// with only its ports rewritten.
+func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
+	s.t.Helper()
+	listen := freeAddr(s.t)
+	cfg := filepath.Join("..", "envoy", o.config)
+	if o.gateway == "envoy" {
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		admin := freeAddr(s.t)
+		port := func(a string) string { _, p, _ := net.SplitHostPort(a); return p }
+		txt := strings.NewReplacer("port_value: 10000", "port_value: "+port(listen), "port_value: 9002", "port_value: "+port(c.grpc),
+			"port_value: 9901", "port_value: "+port(admin), "address: 0.0.0.0", "address: 127.0.0.1").Replace(string(b))
+		cfg = filepath.Join(s.t.TempDir(), o.config)
+		if err := os.WriteFile(cfg, []byte(txt), 0o600); err != nil {
+			s.t.Fatal(err)
+		}
+		start(s.t, fmt.Sprintf("envoy-%d", i+1), os.Getenv("ENVOY_BIN"), "-c", cfg, "--base-id", fmt.Sprint(time.Now().UnixNano()%100000), "--log-level", "warn")
+		waitFor(s.t, 15*time.Second, "envoy ready", func() bool { return s.status("http://"+admin+"/ready") == 200 })
+	} else {
+		start(s.t, fmt.Sprintf("gateway-%d", i+1), bins.gateway, "--config", cfg, "--listen", listen, "--coord-extproc", c.grpc, "-v")
+		waitFor(s.t, 5*time.Second, "gateway listening", func() bool {
+			conn, err := net.DialTimeout("tcp", listen, 100*time.Millisecond)
+			if err == nil {
+				conn.Close()
+			}
+			return err == nil
+		})
+	}
+	return "http://" + listen
+}
+
+func (s *stack) status(url string) int {
+	resp, err := s.client.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// answer is one HTTP exchange through a gateway.
+type answer struct {
+	status   int
+	servedBy string
+	body     map[string]any
+	raw      string
+	err      error
+	took     time.Duration
+}
+
+func (a answer) str(k string) string { v, _ := a.body[k].(string); return v }
+
+func (s *stack) do(gw int, method, path, body string, hdr ...string) answer {
+	req, err := http.NewRequest(method, s.gws[gw]+path, strings.NewReader(body))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	start := time.Now()
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return answer{err: err, took: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, servedBy: resp.Header.Get("X-Served-By"), raw: string(b), took: time.Since(start)}
+	_ = json.Unmarshal(b, &a.body)
+	return a
+}
+
+func (s *stack) smembers(key string) []string {
+	s.t.Helper()
+	v, err := valkeytest.Do(s.t, s.raw, "SMEMBERS", key).AsStrSlice()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
