@@ -34,7 +34,7 @@ type gateway struct {
 type localReply struct {
 	status       int
 	body         []byte
-	mutation     *extprocv3.HeaderMutation    // immediate response headers (ext_proc)
+	mutation     *extprocv3.HeaderMutation   // immediate response headers (ext_proc)
 	authzHeaders []*corev3.HeaderValueOption // denied response headers (ext_authz)
 	details      string
 }
