@@ -1,4 +1,4 @@
-// Package valkeytest starts a real valkey-server (or redis-server) on a free
-// loopback port for tests, and can stop, pause, resume and restart it so
-// failure behaviour is tested against the real thing, never a mock.
+// Package valkeytest gives each test its own real valkey-server (see
+// valkeyserver) with cleanup and failures tied to the test, plus small
+// helpers to run raw commands against it.
 package valkeytest

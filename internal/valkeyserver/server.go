@@ -1,0 +1,191 @@
+// Package valkeyserver runs a throw-away valkey-server (or redis-server)
+// on a loopback port, for tests, benchmarks and the demo: no persistence,
+// its own directory, and stop, pause, resume and restart for failure
+// drills.
+package valkeyserver
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNoBinary means neither valkey-server nor redis-server is installed.
+var ErrNoBinary = errors.New("neither valkey-server nor redis-server is on PATH: run `make deps` " +
+	"(Debian: apt-get install -t bookworm-backports valkey-server, or apt-get install redis-server)")
+
+// Server is one valkey-server process.
+type Server struct {
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Binary returns the path of valkey-server or, failing that, redis-server.
+func Binary() (string, error) {
+	for _, name := range []string{"valkey-server", "redis-server"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+	}
+	return "", ErrNoBinary
+}
+
+// Start runs a server in dir (created if needed) on a free loopback port
+// (port 0) or the given one, and waits until it answers PING.
+func Start(dir string, port int) (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Server{bin: bin, dir: dir, port: port}
+	for attempt := 0; attempt < 5; attempt++ {
+		if port == 0 {
+			if s.port, err = freePort(); err != nil {
+				return nil, err
+			}
+		}
+		if err = s.start(); err == nil || port != 0 {
+			return s, err
+		}
+	}
+	return nil, err
+}
+
+// Addr is host:port of the server.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Version is the server's version line.
+func (s *Server) Version() string {
+	out, _ := exec.Command(s.bin, "--version").Output()
+	return strings.TrimSpace(string(out))
+}
+
+func (s *Server) start() error {
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+		"--logfile", "server.log")
+	cmd.Dir = s.dir
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.cmd, s.done = cmd, done
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+			s.cmd = nil
+			return fmt.Errorf("%s exited at start on port %d: %s", s.bin, s.port, lastLines(string(log), 5))
+		default:
+		}
+		if s.Ping() == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.Stop()
+	return fmt.Errorf("%s did not answer PING on %s within 10s", s.bin, s.Addr())
+}
+
+// Ping sends PING over a raw connection.
+func (s *Server) Ping() error {
+	c, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("unexpected PING reply %q", line)
+	}
+	return nil
+}
+
+// Pid is the server's process id (0 when stopped).
+func (s *Server) Pid() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// Stop kills the server and waits for it. It is idempotent.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process cannot die of SIGTERM
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// Restart stops the server and starts a new, empty one on the same port.
+func (s *Server) Restart() error {
+	s.Stop()
+	var err error
+	for attempt := 0; attempt < 50; attempt++ { // the port may linger briefly
+		if err = s.start(); err == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("restart: %w", err)
+}
+
+// Pause freezes the server (SIGSTOP): connections stay open, nothing answers.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume undoes Pause.
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	if s.cmd == nil {
+		return errors.New("valkey-server is not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
