@@ -109,9 +109,13 @@ func (p *pod) tracked(h func(http.ResponseWriter, *http.Request, string)) http.H
 			p.total.Add(-1)
 		}()
 		if !known {
-			if err := p.member.AddToDestination(r.Context(), tenant); err != nil {
-				p.log.Warn("adopt destination", "tenant", tenant, "err", err)
-			}
+			// Record the binding off the request path: a slow or absent
+			// registry must not stall requests the pod can serve.
+			go func() {
+				if err := p.member.AddToDestination(context.Background(), tenant); err != nil {
+					p.log.Warn("adopt destination", "tenant", tenant, "err", err)
+				}
+			}()
 			p.log.Info("adopted destination", "tenant", tenant)
 		}
 		if d, err := time.ParseDuration(r.URL.Query().Get("delay")); err == nil && d > 0 && d <= 10*time.Second {
