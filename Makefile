@@ -19,8 +19,11 @@ test: deps ## unit and end-to-end tests with the race detector (real valkey-serv
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
-bench: deps ## benchmarks (Go micro-benchmarks with -benchmem)
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, report in bench/results
+	$(GO) build -o bin/ceiling ./bench/ceiling
+	@mkdir -p bench/results
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy | tee bench/results/micro.txt
+	$(GO) run ./bench/run --coord $(BIN) --ceiling bin/ceiling --micro bench/results/micro.txt --out bench/results
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

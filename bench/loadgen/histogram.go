@@ -94,3 +94,17 @@ func (h *Histogram) Max() time.Duration {
 	defer h.mu.Unlock()
 	return h.max
 }
+
+// Merge adds o's observations to h.
+func (h *Histogram) Merge(o *Histogram) {
+	o.mu.Lock()
+	counts, total, maxD := o.counts, o.total, o.max
+	o.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, c := range counts {
+		h.counts[i] += c
+	}
+	h.total += total
+	h.max = max(h.max, maxD)
+}

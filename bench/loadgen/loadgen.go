@@ -15,6 +15,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -121,7 +122,7 @@ func (r *run) take() (uint64, bool) {
 
 func (r *run) one(ctx context.Context, i uint64, since time.Time) {
 	kind := r.ex(ctx, i%uint64(r.cfg.Conns), r.cfg.Next(i))
-	if ctx.Err() != nil && kind != "" {
+	if kind != "" && r.cutOff(ctx) {
 		return // cut off by the end of the run: not a server error
 	}
 	r.res.Latency.Record(time.Since(since))
@@ -132,6 +133,13 @@ func (r *run) one(ctx context.Context, i uint64, since time.Time) {
 		r.res.ErrorKinds[kind]++
 		r.mu.Unlock()
 	}
+}
+
+// cutOff reports whether the run is (nearly) over: gRPC fails calls whose
+// deadline is about to pass before the context itself reports it.
+func (r *run) cutOff(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ctx.Err() != nil || (ok && time.Until(dl) < 50*time.Millisecond)
 }
 
 func (r *run) closedLoop(ctx context.Context) {
@@ -226,6 +234,21 @@ func newExchanger(cfg Config) (exchanger, func(), error) {
 			return nil, nil, err
 		}
 		conns[i] = c
+	}
+	// Connect before the clock starts: connection set-up is not what is
+	// being measured (Envoy keeps its connections open).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, c := range conns {
+		c.Connect()
+		for st := c.GetState(); st != connectivity.Ready; st = c.GetState() {
+			if !c.WaitForStateChange(ctx, st) {
+				for _, c := range conns {
+					c.Close()
+				}
+				return nil, nil, fmt.Errorf("loadgen: %s not reachable: %v", cfg.Target, st)
+			}
+		}
 	}
 	closeAll := func() {
 		for _, c := range conns {

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/bench/loadgen"
+	"github.com/coord-extproc/coord-extproc/internal/valkeyserver"
+)
+
+// Data set sizes (SPEC issue 5); -quick shrinks them.
+type sizes struct{ dests, fanned, locks int }
+
+type bench struct {
+	o      options
+	log    io.Writer
+	work   string
+	valkey *valkeyserver.Server
+	client valkey.Client
+	sz     sizes
+	// processes
+	ceiling, coord, coordLL, coordCold *server
+	scenarios                          []*scenario
+}
+
+type scenario struct {
+	name, what string
+	mode       loadgen.Mode
+	srv        *server
+	next       func(i uint64) loadgen.Request
+	warm       int
+}
+
+func newBench(ctx context.Context, o options, work string, log io.Writer) (*bench, error) {
+	b := &bench{o: o, log: log, work: work, sz: sizes{10000, 1000, 10000}}
+	if o.quick {
+		b.sz = sizes{200, 50, 200}
+	}
+	var err error
+	if b.valkey, err = valkeyserver.Start(filepath.Join(work, "valkey"), 0); err != nil {
+		return nil, err
+	}
+	if b.client, err = valkey.NewClient(valkey.ClientOption{InitAddress: []string{b.valkey.Addr()}, DisableCache: true}); err != nil {
+		b.close()
+		return nil, err
+	}
+	fmt.Fprintf(log, "bench: seeding %d destinations, %d fanned-out destinations, %d locks on 5 pods\n", b.sz.dests, b.sz.fanned, b.sz.locks)
+	if err := b.seed(ctx); err != nil {
+		b.close()
+		return nil, err
+	}
+	coordArgs := func(extra ...string) []string {
+		return append([]string{"--valkey", b.valkey.URL(), "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
+	}
+	steps := []struct {
+		dst  **server
+		name string
+		bin  string
+		args []string
+	}{
+		{&b.ceiling, "ceiling", o.ceilingBin, nil},
+		{&b.coord, "coord-extproc", o.coordBin, coordArgs()},
+		{&b.coordLL, "coord-extproc-least-loaded", o.coordBin, coordArgs("--strategy", "least-loaded")},
+		{&b.coordCold, "coord-extproc-cold", o.coordBin, coordArgs()},
+	}
+	for _, s := range steps {
+		if *s.dst, err = startServer(ctx, work, s.name, s.bin, s.args...); err != nil {
+			b.close()
+			return nil, err
+		}
+	}
+	b.scenarios = b.define()
+	return b, nil
+}
+
+func (b *bench) close() {
+	for _, s := range []*server{b.ceiling, b.coord, b.coordLL, b.coordCold} {
+		if s != nil {
+			s.stop()
+		}
+	}
+	if b.client != nil {
+		b.client.Close()
+	}
+	if b.valkey != nil {
+		b.valkey.Stop()
+	}
+}
+
+// seed writes pods, bindings and locks exactly as the pods would.
+func (b *bench) seed(ctx context.Context) error {
+	c := b.client
+	var cmds valkey.Commands
+	flush := func(force bool) error {
+		if len(cmds) < 5000 && !force {
+			return nil
+		}
+		for _, r := range c.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return fmt.Errorf("seed: %w", err)
+			}
+		}
+		cmds = cmds[:0]
+		return nil
+	}
+	add := func(cmd valkey.Completed) error { cmds = append(cmds, cmd); return flush(false) }
+	for p := 0; p < 5; p++ {
+		id := fmt.Sprintf("pod-%d", p)
+		_ = add(c.B().Sadd().Key("coordinator:members").Member(id).Build())
+		_ = add(c.B().Hset().Key("coordinator:member:"+id).FieldValue().FieldValue("address", fmt.Sprintf("http://127.0.0.1:%d", 7000+p)).FieldValue("load", fmt.Sprint(p)).Build())
+	}
+	// A registry that has been up for a while: no recovery grace.
+	_ = add(c.B().Set().Key("coordinator:registry-epoch").Value("1").Build())
+	for i := 0; i < b.sz.dests; i++ {
+		if err := add(c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:dest-%d", i)).Member(fmt.Sprintf("pod-%d", i%5)).Build()); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < b.sz.fanned; i++ {
+		if err := add(c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:fan-%d", i)).Member(fmt.Sprintf("pod-%d", i%5), fmt.Sprintf("pod-%d", (i+1)%5), fmt.Sprintf("pod-%d", (i+2)%5)).Build()); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < b.sz.locks; i++ {
+		if err := add(c.B().Hset().Key(fmt.Sprintf("coordinator:lock:lock-%d", i)).FieldValue().FieldValue("podId", fmt.Sprintf("pod-%d", i%5)).FieldValue("destinationId", fmt.Sprintf("dest-%d", i%b.sz.dests)).Build()); err != nil {
+			return err
+		}
+	}
+	return flush(true)
+}
+
+func byHeader(header, id string) loadgen.Request {
+	return loadgen.Request{Method: "GET", Path: "/tenants/" + id + "/keys/profile", Headers: loadgen.TypicalHeaders([2]string{header, id})}
+}
+
+func (b *bench) define() []*scenario {
+	var cold atomic.Uint64
+	return []*scenario{
+		{name: "1-ceiling", what: "ceiling: constant answer, gRPC cost only", mode: loadgen.ExtProc, srv: b.ceiling,
+			next: func(i uint64) loadgen.Request {
+				return byHeader("x-destination-id", fmt.Sprintf("dest-%d", i%uint64(b.sz.dests)))
+			}},
+		{name: "2-cached", what: fmt.Sprintf("coord-extproc, %d destinations on 5 pods, cached", b.sz.dests), mode: loadgen.ExtProc, srv: b.coord, warm: b.sz.dests,
+			next: func(i uint64) loadgen.Request {
+				return byHeader("x-destination-id", fmt.Sprintf("dest-%d", i%uint64(b.sz.dests)))
+			}},
+		{name: "3-fanout-least-loaded", what: fmt.Sprintf("%d destinations fanned out to 3 pods, least-loaded", b.sz.fanned), mode: loadgen.ExtProc, srv: b.coordLL, warm: b.sz.fanned,
+			next: func(i uint64) loadgen.Request {
+				return byHeader("x-destination-id", fmt.Sprintf("fan-%d", i%uint64(b.sz.fanned)))
+			}},
+		{name: "4-locks", what: fmt.Sprintf("lock routing, %d locks", b.sz.locks), mode: loadgen.ExtProc, srv: b.coord, warm: b.sz.locks,
+			next: func(i uint64) loadgen.Request {
+				return byHeader("x-lock-id", fmt.Sprintf("lock-%d", i%uint64(b.sz.locks)))
+			}},
+		{name: "5-cold-claim", what: "cold path: every request a new destination, claim on miss", mode: loadgen.ExtProc, srv: b.coordCold,
+			next: func(uint64) loadgen.Request { return byHeader("x-destination-id", fmt.Sprintf("cold-%d", cold.Add(1))) }},
+		{name: "6-ext-authz-cached", what: "scenario 2 through ext_authz (unary Check)", mode: loadgen.ExtAuthz, srv: b.coord, warm: b.sz.dests,
+			next: func(i uint64) loadgen.Request {
+				return byHeader("x-destination-id", fmt.Sprintf("dest-%d", i%uint64(b.sz.dests)))
+			}},
+	}
+}
+
+// load runs one load pattern against a scenario and measures the server
+// process and Valkey around it.
+func (b *bench) load(ctx context.Context, sc *scenario, rate float64, d time.Duration) (*loadgen.Result, float64, float64, error) {
+	cpu0, _ := cpuTime(sc.srv.pid())
+	cmds0, err := b.commands(ctx)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	res, err := loadgen.Run(ctx, loadgen.Config{Mode: sc.mode, Target: sc.srv.addr, Conns: b.o.conns, Concurrency: b.o.concurrency, Rate: rate, Duration: d, Next: sc.next})
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	cpu1, _ := cpuTime(sc.srv.pid())
+	cmds1, err := b.commands(ctx)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	n := float64(max(res.Requests, 1))
+	return res, float64((cpu1 - cpu0).Microseconds()) / n, float64(cmds1-cmds0) / n, nil
+}
+
+// commands is the server's command count (INFO commandstats, scripts'
+// inner commands included, INFO itself excluded).
+func (b *bench) commands(ctx context.Context) (int64, error) {
+	info, err := b.client.Do(ctx, b.client.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, line := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") {
+			continue
+		}
+		_, stats, _ := strings.Cut(line, ":")
+		var calls int64
+		_, _ = fmt.Sscanf(strings.TrimPrefix(stats, "calls="), "%d", &calls)
+		total += calls
+	}
+	return total, nil
+}
+
+func (b *bench) measure(ctx context.Context) (*report, error) {
+	rep := newReport(b)
+	for _, sc := range b.scenarios {
+		if sc.warm > 0 {
+			if _, err := loadgen.Run(ctx, loadgen.Config{Mode: sc.mode, Target: sc.srv.addr, Conns: b.o.conns, Concurrency: b.o.concurrency,
+				Duration: time.Minute, MaxRequests: uint64(sc.warm), Next: sc.next}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Saturation, interleaved: round 1 runs every scenario, then round 2...
+	for r := 0; r < b.o.rounds; r++ {
+		for _, sc := range b.scenarios {
+			res, cpu, cmds, err := b.load(ctx, sc, 0, b.o.duration)
+			if err != nil {
+				return nil, err
+			}
+			rep.addSaturation(sc, res, cpu, cmds)
+			fmt.Fprintf(b.log, "bench: round %d %-24s %8.0f req/s  errors %d %v\n", r+1, sc.name, res.Throughput, res.Errors, res.ErrorKinds)
+		}
+	}
+	// Latency at half the ceiling's saturation throughput, interleaved.
+	rate := rep.Scenarios[0].Throughput / 2
+	rep.OfferedRate = rate
+	for r := 0; r < b.o.rounds; r++ {
+		for _, sc := range b.scenarios {
+			res, _, _, err := b.load(ctx, sc, rate, b.o.duration)
+			if err != nil {
+				return nil, err
+			}
+			rep.addLatency(sc, res)
+		}
+	}
+	// Latency against offered load, ceiling and cached, for the plot.
+	for _, f := range []float64{0.1, 0.25, 0.5, 0.75, 0.9} {
+		for _, sc := range b.scenarios[:2] {
+			res, _, _, err := b.load(ctx, sc, f*rep.Scenarios[0].Throughput, b.o.duration/2)
+			if err != nil {
+				return nil, err
+			}
+			rep.addSweep(sc, f*rep.Scenarios[0].Throughput, res)
+		}
+	}
+	if b.o.memoryDests > 0 {
+		if err := b.memory(ctx, rep); err != nil {
+			return nil, err
+		}
+	}
+	rep.finish()
+	return rep, nil
+}
+
+// memory caches memoryDests destinations in a fresh coord-extproc and
+// reads its RSS.
+func (b *bench) memory(ctx context.Context, rep *report) error {
+	n := b.o.memoryDests
+	fmt.Fprintf(b.log, "bench: caching %d destinations for the memory measurement\n", n)
+	c := b.client
+	cmds := make(valkey.Commands, 0, 10000)
+	for i := 0; i < n; i++ {
+		cmds = append(cmds, c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:mem-%d", i)).Member(fmt.Sprintf("pod-%d", i%5)).Build())
+		if len(cmds) == cap(cmds) || i == n-1 {
+			for _, r := range c.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					return err
+				}
+			}
+			cmds = cmds[:0]
+		}
+	}
+	metrics, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	s, err := startServer(ctx, b.work, "coord-extproc-memory", b.o.coordBin, "--valkey", b.valkey.URL(), "--metrics-listen", metrics,
+		"--log-level", "warn", "--cache-size", fmt.Sprint(n+n/10))
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	base, _ := rss(s.pid())
+	start := time.Now()
+	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtAuthz, Target: s.addr, Conns: b.o.conns, Concurrency: 128,
+		Duration: 10 * time.Minute, MaxRequests: uint64(n),
+		Next: func(i uint64) loadgen.Request { return byHeader("x-destination-id", fmt.Sprintf("mem-%d", i)) }})
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	after, _ := rss(s.pid())
+	rep.Memory = &memoryResult{Destinations: n, Resolved: res.Requests - res.Errors, RSSBytes: after, BaselineRSSBytes: base,
+		HeapInuseBytes: heapInuse(metrics), Took: time.Since(start).Round(time.Millisecond).String()}
+	return nil
+}
+
+func sortedKeys(m map[string]uint64) []string {
+	k := make([]string, 0, len(m))
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
+}

@@ -1,0 +1,85 @@
+// Command run is `make bench`: it starts a real valkey-server, the ceiling
+// server and coord-extproc processes, seeds the registry, and measures
+// every scenario interleaved (A B A B) with the Envoy-shaped load
+// generator: saturation throughput, latency at half the ceiling's
+// throughput, server CPU per request and Valkey commands per request.
+// It writes a Markdown table, JSON and a latency plot.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	coordBin, ceilingBin, out, micro string
+	duration                         time.Duration
+	rounds, concurrency, conns       int
+	memoryDests                      int
+	quick                            bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.coordBin, "coord", "bin/coord-extproc", "coord-extproc binary")
+	fs.StringVar(&o.ceilingBin, "ceiling", "bin/ceiling", "ceiling server binary")
+	fs.StringVar(&o.out, "out", "bench/results", "results folder")
+	fs.StringVar(&o.micro, "micro", "", "go test -bench output to summarise")
+	fs.DurationVar(&o.duration, "d", 3*time.Second, "length of each measurement")
+	fs.IntVar(&o.rounds, "rounds", 2, "interleaved rounds per scenario")
+	fs.IntVar(&o.concurrency, "c", 64, "closed-loop concurrency for saturation runs")
+	fs.IntVar(&o.conns, "conns", 4, "HTTP/2 connections, like a few Envoy workers")
+	fs.IntVar(&o.memoryDests, "memory-destinations", 1_000_000, "destinations cached for the RSS measurement (0: skip)")
+	fs.BoolVar(&o.quick, "quick", false, "tiny data sets and durations: a smoke run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.quick {
+		o.duration, o.rounds, o.memoryDests = 300*time.Millisecond, 1, 2000
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "coord-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	b, err := newBench(ctx, o, work, stderr)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	rep, err := b.measure(ctx)
+	if err != nil {
+		return err
+	}
+	if o.micro != "" {
+		rep.Micro = parseMicro(o.micro)
+	}
+	if err := rep.write(o.out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s\nwritten: %s, %s, %s\n", rep.markdown(), filepath.Join(o.out, "latest.md"), filepath.Join(o.out, "latest.json"), filepath.Join(o.out, "latency.png"))
+	return nil
+}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/coord-extproc/coord-extproc/bench/loadgen"
+)
+
+type report struct {
+	Date        string            `json:"date"`
+	Machine     map[string]string `json:"machine"`
+	Settings    map[string]any    `json:"settings"`
+	OfferedRate float64           `json:"latencyOfferedRate"`
+	Scenarios   []*scenarioResult `json:"scenarios"`
+	Sweep       []sweepPoint      `json:"sweep"`
+	Memory      *memoryResult     `json:"memory,omitempty"`
+	Targets     []target          `json:"targets"`
+	Micro       []microResult     `json:"micro,omitempty"`
+
+	index map[string]*scenarioResult
+	hists map[string]*loadgen.Histogram
+}
+
+type scenarioResult struct {
+	Name             string             `json:"name"`
+	What             string             `json:"what"`
+	Throughput       float64            `json:"throughput"` // mean over rounds, req/s
+	Rounds           []float64          `json:"rounds"`
+	CPUMicrosPerReq  float64            `json:"serverCpuMicrosPerRequest"`
+	ValkeyCmdsPerReq float64            `json:"valkeyCommandsPerRequest"`
+	Errors           uint64             `json:"errors"`
+	ErrorKinds       map[string]uint64  `json:"errorKinds,omitempty"`
+	P50, P90, P99    float64            `json:"-"`
+	P999             float64            `json:"-"`
+	Latency          map[string]float64 `json:"latencyMicrosAtOfferedRate"`
+	cpu, cmds        []float64
+}
+
+type sweepPoint struct {
+	Scenario string             `json:"scenario"`
+	Offered  float64            `json:"offered"`
+	P50, P99 float64            `json:"-"`
+	Micros   map[string]float64 `json:"latencyMicros"`
+}
+
+type memoryResult struct {
+	Destinations     int     `json:"destinations"`
+	Resolved         uint64  `json:"resolved"`
+	RSSBytes         int64   `json:"rssBytes"`
+	BaselineRSSBytes int64   `json:"baselineRssBytes"`
+	HeapInuseBytes   float64 `json:"heapInuseBytes"`
+	Took             string  `json:"took"`
+}
+
+type target struct {
+	What     string `json:"what"`
+	Measured string `json:"measured"`
+	Met      bool   `json:"met"`
+}
+
+type microResult struct {
+	Name    string `json:"name"`
+	Metrics string `json:"metrics"`
+}
+
+func newReport(b *bench) *report {
+	return &report{
+		Date:    time.Now().UTC().Format(time.RFC3339),
+		Machine: machine(b),
+		Settings: map[string]any{"duration": b.o.duration.String(), "rounds": b.o.rounds, "concurrency": b.o.concurrency,
+			"connections": b.o.conns, "destinations": b.sz.dests, "fannedOut": b.sz.fanned, "locks": b.sz.locks},
+		index: map[string]*scenarioResult{}, hists: map[string]*loadgen.Histogram{},
+	}
+}
+
+func machine(b *bench) map[string]string {
+	m := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version(), "valkey": b.valkey.Version(), "os": runtime.GOOS + "/" + runtime.GOARCH}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if k, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m["kernel"] = strings.TrimSpace(string(k))
+	}
+	return m
+}
+
+func (r *report) result(sc *scenario) *scenarioResult {
+	if s := r.index[sc.name]; s != nil {
+		return s
+	}
+	s := &scenarioResult{Name: sc.name, What: sc.what, ErrorKinds: map[string]uint64{}}
+	r.index[sc.name] = s
+	r.Scenarios = append(r.Scenarios, s)
+	return s
+}
+
+func (r *report) addSaturation(sc *scenario, res *loadgen.Result, cpu, cmds float64) {
+	s := r.result(sc)
+	s.Rounds = append(s.Rounds, res.Throughput)
+	s.cpu, s.cmds = append(s.cpu, cpu), append(s.cmds, cmds)
+	s.Throughput, s.CPUMicrosPerReq, s.ValkeyCmdsPerReq = mean(s.Rounds), mean(s.cpu), mean(s.cmds)
+	s.Errors += res.Errors
+	for k, v := range res.ErrorKinds {
+		s.ErrorKinds[k] += v
+	}
+}
+
+func (r *report) addLatency(sc *scenario, res *loadgen.Result) {
+	h := r.hists[sc.name]
+	if h == nil {
+		h = &loadgen.Histogram{}
+		r.hists[sc.name] = h
+	}
+	h.Merge(res.Latency)
+	s := r.result(sc)
+	s.Errors += res.Errors
+	for k, v := range res.ErrorKinds {
+		s.ErrorKinds[k] += v
+	}
+}
+
+func (r *report) addSweep(sc *scenario, offered float64, res *loadgen.Result) {
+	h := res.Latency
+	r.Sweep = append(r.Sweep, sweepPoint{Scenario: sc.name, Offered: offered, P50: us(h.Quantile(.5)), P99: us(h.Quantile(.99)),
+		Micros: map[string]float64{"p50": us(h.Quantile(.5)), "p90": us(h.Quantile(.9)), "p99": us(h.Quantile(.99)), "p99.9": us(h.Quantile(.999))}})
+}
+
+func (r *report) finish() {
+	for _, s := range r.Scenarios {
+		if h := r.hists[s.Name]; h != nil {
+			s.P50, s.P90, s.P99, s.P999 = us(h.Quantile(.5)), us(h.Quantile(.9)), us(h.Quantile(.99)), us(h.Quantile(.999))
+			s.Latency = map[string]float64{"p50": s.P50, "p90": s.P90, "p99": s.P99, "p99.9": s.P999}
+		}
+	}
+	ceil, cached := r.index["1-ceiling"], r.index["2-cached"]
+	if ceil == nil || cached == nil {
+		return
+	}
+	ratio := cached.Throughput / ceil.Throughput
+	r.Targets = append(r.Targets, target{"scenario 2 throughput ≥ 90% of the ceiling's", fmt.Sprintf("%.0f%%", 100*ratio), ratio >= 0.9})
+	p99 := cached.P99 / max(ceil.P99, 1)
+	r.Targets = append(r.Targets, target{"scenario 2 p99 at 50% load ≤ 1.2 × the ceiling's", fmt.Sprintf("%.2f×", p99), p99 <= 1.2})
+	for _, n := range []string{"2-cached", "3-fanout-least-loaded", "4-locks", "6-ext-authz-cached"} {
+		if s := r.index[n]; s != nil {
+			r.Targets = append(r.Targets, target{n + ": 0 Valkey commands per request in steady state", fmt.Sprintf("%.4f", s.ValkeyCmdsPerReq), s.ValkeyCmdsPerReq < 0.001})
+		}
+	}
+	if s := r.index["5-cold-claim"]; s != nil {
+		r.Targets = append(r.Targets, target{"5-cold-claim: ≤ 3 Valkey commands per request", fmt.Sprintf("%.2f", s.ValkeyCmdsPerReq), s.ValkeyCmdsPerReq <= 3})
+	}
+	if m := r.Memory; m != nil {
+		r.Targets = append(r.Targets, target{fmt.Sprintf("RSS with %d cached destinations < 300 MiB", m.Destinations), fmt.Sprintf("%.0f MiB", float64(m.RSSBytes)/(1<<20)), m.RSSBytes < 300<<20})
+	}
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## coord-extproc benchmark, %s\n\n", r.Date)
+	fmt.Fprintf(&b, "Machine: %s, %s CPUs, %s, %s, %s. Load generator and servers share the machine (loopback).\n", r.Machine["cpu"], r.Machine["cpus"], r.Machine["os"], r.Machine["go"], r.Machine["valkey"])
+	fmt.Fprintf(&b, "Each measurement %v, %v interleaved rounds, %v concurrent streams over %v HTTP/2 connections for saturation; latency measured open-loop at %.0f req/s (50%% of the ceiling's saturation).\n\n",
+		r.Settings["duration"], r.Settings["rounds"], r.Settings["concurrency"], r.Settings["connections"], r.OfferedRate)
+	b.WriteString("| scenario | throughput (req/s) | vs ceiling | p50 | p90 | p99 | p99.9 | server CPU µs/req | Valkey cmds/req | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	ceil := r.index["1-ceiling"]
+	for _, s := range r.Scenarios {
+		vs := "-"
+		if ceil != nil && ceil.Throughput > 0 {
+			vs = fmt.Sprintf("%.0f%%", 100*s.Throughput/ceil.Throughput)
+		}
+		errs := fmt.Sprint(s.Errors)
+		if s.Errors > 0 {
+			errs = fmt.Sprintf("%d %v", s.Errors, s.ErrorKinds)
+		}
+		fmt.Fprintf(&b, "| %s — %s | %.0f | %s | %s | %s | %s | %s | %.1f | %.3f | %s |\n", s.Name, s.What, s.Throughput, vs,
+			fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), fmtUS(s.P999), s.CPUMicrosPerReq, s.ValkeyCmdsPerReq, errs)
+	}
+	if m := r.Memory; m != nil {
+		fmt.Fprintf(&b, "\nMemory: %d destinations cached (%d resolved in %s): RSS %.0f MiB (%.0f MiB before), Go heap in use %.0f MiB.\n",
+			m.Destinations, m.Resolved, m.Took, float64(m.RSSBytes)/(1<<20), float64(m.BaselineRSSBytes)/(1<<20), m.HeapInuseBytes/(1<<20))
+	}
+	if len(r.Targets) > 0 {
+		b.WriteString("\n| target | measured | met |\n|---|---:|---|\n")
+		for _, t := range r.Targets {
+			fmt.Fprintf(&b, "| %s | %s | %v |\n", t.What, t.Measured, map[bool]string{true: "yes", false: "**no**"}[t.Met])
+		}
+	}
+	if len(r.Sweep) > 0 {
+		b.WriteString("\nLatency against offered load (open loop): see `latency.png`.\n\n| scenario | offered (req/s) | p50 | p99 |\n|---|---:|---:|---:|\n")
+		for _, p := range r.Sweep {
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %s |\n", p.Scenario, p.Offered, fmtUS(p.P50), fmtUS(p.P99))
+		}
+	}
+	if len(r.Micro) > 0 {
+		b.WriteString("\nGo micro-benchmarks (`go test -bench`):\n\n| benchmark | result |\n|---|---|\n")
+		for _, m := range r.Micro {
+			fmt.Fprintf(&b, "| %s | %s |\n", m.Name, m.Metrics)
+		}
+	}
+	return b.String()
+}
+
+func (r *report) write(dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "latest.md"), []byte(r.markdown()), 0o644); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "latest.json"), js, 0o644); err != nil {
+		return err
+	}
+	return r.plot(filepath.Join(dir, "latency.png"))
+}
+
+// parseMicro keeps the Benchmark lines of go test -bench output.
+func parseMicro(path string) []microResult {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return []microResult{{Name: "(missing)", Metrics: err.Error()}}
+	}
+	var out []microResult
+	pkg := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "pkg: ") {
+			pkg = strings.TrimPrefix(strings.TrimPrefix(line, "pkg: "), "github.com/coord-extproc/coord-extproc/")
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		out = append(out, microResult{Name: pkg + "." + f[0], Metrics: strings.Join(f[2:], " ")})
+	}
+	return out
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+func fmtUS(v float64) string {
+	switch {
+	case v == 0:
+		return "-"
+	case v >= 1000:
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return fmt.Sprintf("%.0f µs", v)
+}
