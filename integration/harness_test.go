@@ -298,4 +298,3 @@ func (s *stack) smembers(key string) []string {
 	}
 	return v
 }
-

@@ -37,8 +37,8 @@ func main() {
 
 type options struct {
 	listen, id, valkeyURL, prefix, advertise string
-	ttl, heartbeat, lease, fanoutHold      time.Duration
-	fanoutCap                              int
+	ttl, heartbeat, lease, fanoutHold        time.Duration
+	fanoutCap                                int
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
