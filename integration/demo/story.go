@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type story struct {
+	s           *stack
+	out         io.Writer
+	in          *bufio.Reader
+	interactive bool
+	tenants     []string
+	owner       map[string]string
+}
+
+type reply struct {
+	status   int
+	servedBy string
+	body     map[string]any
+	raw      string
+}
+
+func (d *story) call(method, path, body string) reply {
+	req, _ := http.NewRequest(method, d.s.gateway+path, strings.NewReader(body))
+	resp, err := client.Do(req)
+	if err != nil {
+		return reply{raw: err.Error()}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	r := reply{status: resp.StatusCode, servedBy: resp.Header.Get("X-Served-By"), raw: strings.TrimSpace(string(b))}
+	_ = json.Unmarshal(b, &r.body)
+	return r
+}
+
+func (r reply) str(k string) string { v, _ := r.body[k].(string); return v }
+
+// step prints a heading and, on a terminal, waits for Enter.
+func (d *story) step(ctx context.Context, n int, title, explain string) error {
+	fmt.Fprintf(d.out, "\n== %d. %s\n%s\n", n, title, explain)
+	if d.interactive {
+		fmt.Fprint(d.out, "   [Enter to continue] ")
+		done := make(chan struct{})
+		go func() { _, _ = d.in.ReadString('\n'); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+	return ctx.Err()
+}
+
+func (d *story) tell(ctx context.Context) error {
+	d.owner = map[string]string{}
+	if err := d.step(ctx, 1, "Create tenants",
+		"   POST /tenants goes to a live pod picked by coord-extproc; when the pod answers 201,\n   coord-extproc binds the tenant to it in Valkey before the client sees the answer."); err != nil {
+		return err
+	}
+	for i := 1; i <= 6; i++ {
+		t := fmt.Sprintf("tenant-%d", i)
+		r := d.call("POST", "/tenants", fmt.Sprintf(`{"tenantId":%q}`, t))
+		if r.status != 201 {
+			return fmt.Errorf("create %s: %d %s", t, r.status, r.raw)
+		}
+		d.tenants, d.owner[t] = append(d.tenants, t), r.servedBy
+		fmt.Fprintf(d.out, "   POST /tenants {\"tenantId\":%q} -> 201 on %s\n", t, r.servedBy)
+	}
+
+	if err := d.step(ctx, 2, "Read and write", "   Every request for a tenant lands on the pod that holds its data."); err != nil {
+		return err
+	}
+	for _, t := range d.tenants[:3] {
+		w := d.call("PUT", "/tenants/"+t+"/keys/greeting", "hello from "+t)
+		r := d.call("GET", "/tenants/"+t+"/keys/greeting", "")
+		fmt.Fprintf(d.out, "   PUT then GET /tenants/%s/keys/greeting -> %q (written on %s, read on %s)\n", t, r.str("value"), w.servedBy, r.servedBy)
+	}
+
+	if err := d.step(ctx, 3, "A transaction", "   The pod publishes a lock record; calls carrying the lock id reach the one pod holding it."); err != nil {
+		return err
+	}
+	t := d.tenants[0]
+	d.call("PUT", "/tenants/"+t+"/keys/balance", "100")
+	lock := d.call("POST", "/tenants/"+t+"/transactions", "").str("lockId")
+	d.call("PUT", "/transactions/"+lock+"/keys/balance", "40")
+	inside := d.call("GET", "/transactions/"+lock+"/keys/balance", "")
+	outside := d.call("GET", "/tenants/"+t+"/keys/balance", "")
+	fmt.Fprintf(d.out, "   begin %s on %s; inside the transaction balance=%s, outside still %s\n", lock, inside.servedBy, inside.str("value"), outside.str("value"))
+	c := d.call("POST", "/transactions/"+lock+"/commit", "")
+	after := d.call("GET", "/tenants/"+t+"/keys/balance", "")
+	fmt.Fprintf(d.out, "   commit -> %s; balance now %s\n", c.str("outcome"), after.str("value"))
+	u := d.call("GET", "/transactions/tx-nope/keys/balance", "")
+	fmt.Fprintf(d.out, "   unknown lock -> %d %s\n", u.status, u.raw)
+
+	tr := newTraffic(d)
+	tr.start(ctx)
+	defer tr.stop()
+	if err := d.step(ctx, 4, "Live traffic", "   Background traffic to every tenant; each line is one second."); err != nil {
+		return err
+	}
+	tr.watch(ctx, 3)
+
+	victim := d.busiestPod()
+	if err := d.step(ctx, 5, "Kill a pod", fmt.Sprintf("   SIGTERM %s: it deregisters, and its tenants move to survivors at once.", victim)); err != nil {
+		return err
+	}
+	d.s.pods[victim].stop(syscall.SIGTERM)
+	fmt.Fprintf(d.out, "   %s stopped\n", victim)
+	tr.watch(ctx, 4)
+
+	hot := d.tenants[1]
+	if err := d.step(ctx, 6, "Fan-out under load", fmt.Sprintf("   Hold %s above its pod's concurrency cap (3): the pod adds the least-loaded other pod\n   to the tenant's set, and both serve it.", hot)); err != nil {
+		return err
+	}
+	tr.hot(ctx, hot)
+	tr.watch(ctx, 4)
+	fmt.Fprintf(d.out, "\nStory done: %d requests, %d errors.\n", tr.total(), tr.errs())
+	return nil
+}
+
+func (d *story) busiestPod() string {
+	count := map[string]int{}
+	for _, p := range d.owner {
+		count[p]++
+	}
+	best := ""
+	for p, n := range count {
+		if best == "" || n > count[best] || (n == count[best] && p < best) {
+			best = p
+		}
+	}
+	return best
+}
+
+// traffic sends steady requests to every tenant and tallies, per second,
+// which pods answered for which tenant.
+type traffic struct {
+	d      *story
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	window map[string]map[string]int // tenant -> pod -> answers this second
+	werrs  map[string]int
+	all    int
+	bad    int
+}
+
+func newTraffic(d *story) *traffic {
+	return &traffic{d: d, window: map[string]map[string]int{}, werrs: map[string]int{}}
+}
+
+func (tr *traffic) start(ctx context.Context) {
+	ctx, tr.cancel = context.WithCancel(ctx)
+	for w := 0; w < 3; w++ {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			for i := w; ctx.Err() == nil; i++ {
+				t := tr.d.tenants[i%len(tr.d.tenants)]
+				tr.record(t, tr.d.call("GET", "/tenants/"+t+"/keys/greeting?delay=5ms", ""))
+			}
+		}()
+	}
+}
+
+// hot adds concurrent slow requests to one tenant for a few seconds.
+func (tr *traffic) hot(ctx context.Context, t string) {
+	for w := 0; w < 6; w++ {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			end := time.Now().Add(4 * time.Second)
+			for ctx.Err() == nil && time.Now().Before(end) {
+				tr.record(t, tr.d.call("GET", "/tenants/"+t+"/keys/greeting?delay=150ms", ""))
+			}
+		}()
+	}
+}
+
+func (tr *traffic) record(t string, r reply) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.all++
+	if r.status == 0 || r.status >= 500 || r.servedBy == "" {
+		tr.bad++
+		tr.werrs[t]++
+		return
+	}
+	if tr.window[t] == nil {
+		tr.window[t] = map[string]int{}
+	}
+	tr.window[t][r.servedBy]++
+}
+
+// watch prints one table line per tenant every second, n times.
+func (tr *traffic) watch(ctx context.Context, n int) {
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		tr.mu.Lock()
+		w, e := tr.window, tr.werrs
+		tr.window, tr.werrs = map[string]map[string]int{}, map[string]int{}
+		tr.mu.Unlock()
+		fmt.Fprintf(tr.d.out, "   %s  %-10s %-16s %6s %6s\n", time.Now().Format("15:04:05"), "tenant", "served by", "req/s", "errors")
+		for _, t := range tr.d.tenants {
+			var pods []string
+			total := 0
+			for p, c := range w[t] {
+				pods = append(pods, p)
+				total += c
+			}
+			sort.Strings(pods)
+			fmt.Fprintf(tr.d.out, "             %-10s %-16s %6d %6d\n", t, strings.Join(slices.Compact(pods), ","), total, e[t])
+		}
+	}
+}
+
+func (tr *traffic) stop() {
+	tr.cancel()
+	tr.wg.Wait()
+}
+
+func (tr *traffic) total() int { tr.mu.Lock(); defer tr.mu.Unlock(); return tr.all }
+func (tr *traffic) errs() int  { tr.mu.Lock(); defer tr.mu.Unlock(); return tr.bad }
