@@ -12,14 +12,18 @@ import (
 )
 
 func TestBootstrapsParseAndValidate(t *testing.T) {
-	for _, file := range []string{"envoy.yaml", "envoy-ext-authz.yaml"} {
+	for _, file := range []string{"envoy.yaml", "envoy-ext-authz.yaml", "envoy-compose.yaml"} {
 		t.Run(file, func(t *testing.T) {
 			b, err := Load(file)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != 9901 {
-				t.Fatalf("admin on %v, want 127.0.0.1:9901", a)
+			wantAdmin := "127.0.0.1" // loopback: the admin API can change Envoy's state
+			if file == "envoy-compose.yaml" {
+				wantAdmin = "0.0.0.0" // inside its container, published by compose
+			}
+			if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != wantAdmin || a.GetPortValue() != 9901 {
+				t.Fatalf("admin on %v, want %s:9901", a, wantAdmin)
 			}
 			l := b.GetStaticResources().GetListeners()
 			if len(l) != 1 || l[0].GetAddress().GetSocketAddress().GetPortValue() != 10000 {

@@ -26,7 +26,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 	if err != nil {
 		return Binding{}, err
 	}
-	ids := e.ids
+	ids := e.set.ids
 	if len(ids) == 0 {
 		if ids, err = r.readSet(ctx, r.keys.dest(destID)); err != nil {
 			return Binding{}, err
@@ -39,7 +39,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 	if err != nil {
 		return Binding{}, err
 	}
-	v := buildView(ms, 0, now, 0)
+	v := buildView(ms, 0, r.mono(now))
 	return Binding{Live: v.live, Dead: v.dead, Unroutable: v.unroutable}, nil
 }
 

@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -17,22 +19,41 @@ import (
 // which flush generation, and whether an invalidation has hit it since.
 // An entry that is not fresh is kept as the last known good answer.
 type freshness struct {
-	fetched  time.Time
+	fetched  int64 // monotonic nanoseconds since the registry started (Registry.mono)
 	flushGen uint64
 	invalid  atomic.Bool
 }
 
+// mono turns a time into monotonic nanoseconds since New; int64 instead of
+// time.Time keeps every cached entry 16 bytes smaller.
+func (r *Registry) mono(now time.Time) int64 { return int64(now.Sub(r.base)) }
+
+// age is how long ago data read at fetched was last known current: the
+// read itself, or a later tracking probe that proved no invalidation for
+// it was pending (see probe.go).
+func (r *Registry) age(fetched int64, now time.Time) time.Duration {
+	return time.Duration(r.mono(now) - max(fetched, r.confirmed.Load()))
+}
+
 func (r *Registry) fresh(f *freshness, now time.Time) bool {
-	return !f.invalid.Load() && f.flushGen == r.flushGen.Load() && now.Sub(f.fetched) < r.opt.CacheTTL
+	return !f.invalid.Load() && f.flushGen == r.flushGen.Load() && r.age(f.fetched, now) < r.opt.CacheTTL
 }
 
 func (r *Registry) stamp(f *freshness, now time.Time, flushGen uint64) {
-	f.fetched, f.flushGen = now, flushGen
+	f.fetched, f.flushGen = r.mono(now), flushGen
 }
 
-// setEntry is a cached destination set (or the members set).
+// setEntry is a cached destination set (or the members set). Entries with
+// the same members share one idset, and with it one view, so a million
+// destinations on a handful of pods cost little more than their keys.
 type setEntry struct {
 	freshness
+	cleaning atomic.Bool // a clean-up of its dead ids is queued
+	set      *idset
+}
+
+// idset is an interned, sorted member id list and its current view.
+type idset struct {
 	ids  []string // sorted, so round-robin order is stable across reloads
 	view atomic.Pointer[setView]
 }
@@ -41,16 +62,14 @@ type setEntry struct {
 // It is rebuilt when any member record changes (memberGen).
 type setView struct {
 	memberGen  uint64
-	expires    time.Time
-	confirmed  time.Time // when the oldest record in it was read
+	confirmed  int64 // when the oldest member record in it was read (mono)
 	live       []strategy.Candidate
 	dead       []string
 	unroutable []string
-	cleaning   atomic.Bool
 }
 
-func (v *setView) usable(gen uint64, now time.Time) bool {
-	return v != nil && v.memberGen == gen && now.Before(v.expires)
+func (r *Registry) usable(v *setView, gen uint64, now time.Time) bool {
+	return v != nil && v.memberGen == gen && r.age(v.confirmed, now) < r.opt.CacheTTL
 }
 
 type memberEntry struct {
@@ -63,6 +82,29 @@ type memberEntry struct {
 
 func (m *memberEntry) candidate() strategy.Candidate {
 	return strategy.Candidate{ID: m.id, Address: m.addr, Load: m.load}
+}
+
+// shared interns id lists by content.
+type shared struct {
+	mu   sync.Mutex
+	sets map[string]*idset
+}
+
+const maxShared = 100_000
+
+func (s *shared) intern(ids []string) *idset {
+	key := strings.Join(ids, "\x00")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if got, ok := s.sets[key]; ok {
+		return got
+	}
+	if len(s.sets) >= maxShared {
+		clear(s.sets) // entries keep their idsets; only sharing restarts
+	}
+	is := &idset{ids: ids}
+	s.sets[key] = is
+	return is
 }
 
 // fetchSet reads a set through valkey-go's tracked cache and stores the
@@ -84,7 +126,7 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 // whole TTL.
 func (r *Registry) storeSet(ids []string, seq, gen uint64, now time.Time, store func(*setEntry)) *setEntry {
 	slices.Sort(ids)
-	e := &setEntry{ids: ids}
+	e := &setEntry{set: r.shared.intern(ids)}
 	r.stamp(&e.freshness, now, gen)
 	store(e)
 	if r.invSeq.Load() != seq {
@@ -186,27 +228,25 @@ func (r *Registry) memberFromFields(ctx context.Context, id string, fields map[s
 }
 
 // viewOf returns the set's members split into live candidates, dead and
-// unroutable ids.
+// unroutable ids, shared with every set of the same members.
 func (r *Registry) viewOf(ctx context.Context, e *setEntry, now time.Time) (*setView, error) {
 	gen := r.memberGen.Load()
-	if v := e.view.Load(); v.usable(gen, now) {
+	if v := e.set.view.Load(); r.usable(v, gen, now) {
 		return v, nil
 	}
-	ms, err := r.memberEntries(ctx, e.ids, now)
+	ms, err := r.memberEntries(ctx, e.set.ids, now)
 	if err != nil {
 		return nil, err
 	}
-	v := buildView(ms, gen, e.fetched, r.opt.CacheTTL)
-	e.view.Store(v)
+	v := buildView(ms, gen, e.fetched)
+	e.set.view.Store(v)
 	return v, nil
 }
 
-func buildView(ms []*memberEntry, gen uint64, setFetched time.Time, ttl time.Duration) *setView {
+func buildView(ms []*memberEntry, gen uint64, setFetched int64) *setView {
 	v := &setView{memberGen: gen, confirmed: setFetched}
 	for _, m := range ms {
-		if m.fetched.Before(v.confirmed) {
-			v.confirmed = m.fetched
-		}
+		v.confirmed = min(v.confirmed, m.fetched)
 		switch {
 		case !m.live:
 			v.dead = append(v.dead, m.id)
@@ -216,6 +256,5 @@ func buildView(ms []*memberEntry, gen uint64, setFetched time.Time, ttl time.Dur
 			v.live = append(v.live, m.candidate())
 		}
 	}
-	v.expires = v.confirmed.Add(ttl)
 	return v
 }

@@ -32,9 +32,9 @@ func newCleaner(r *Registry) *cleaner {
 	return c
 }
 
-// cleanDead queues removal of v's dead ids once per view.
-func (r *Registry) cleanDead(destID string, v *setView) {
-	if len(v.dead) == 0 || !v.cleaning.CompareAndSwap(false, true) {
+// cleanDead queues removal of v's dead ids, once per cached set.
+func (r *Registry) cleanDead(destID string, e *setEntry, v *setView) {
+	if len(v.dead) == 0 || !e.cleaning.CompareAndSwap(false, true) {
 		return
 	}
 	r.cleanup.enqueue(cleanupJob{destID: destID, dead: v.dead})

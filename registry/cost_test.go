@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ func commandCount(t testing.TB, c valkey.Client) int64 { return valkeytest.Comma
 func TestSteadyStateCost(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
-	r := newRegistry(t, srv, nil)
+	r := newRegistry(t, srv, func(o *Options) { o.ProbeInterval = -1 }) // count the request path only
 	for i := 0; i < 3; i++ {
 		nodeMember(t, c, "coordinator", fmt.Sprintf("m%d", i), 7000+i, 0)
 	}
@@ -74,5 +75,51 @@ func TestClaimCost(t *testing.T) {
 	t.Logf("claim on miss: %.2f Valkey commands per claim", per)
 	if per > 3 {
 		t.Fatalf("claim costs %.2f Valkey commands, want at most 3", per)
+	}
+}
+
+// With tracking probes confirming the invalidation channel, entries stay
+// fresh past CacheTTL: requests keep costing nothing, the only commands are
+// the probes. Without probes every entry is re-read once per CacheTTL.
+func TestProbesKeepEntriesFresh(t *testing.T) {
+	for _, probe := range []bool{true, false} {
+		t.Run(fmt.Sprintf("probes=%v", probe), func(t *testing.T) {
+			srv := valkeytest.Start(t)
+			c := rawClient(t, srv)
+			r := newRegistry(t, srv, func(o *Options) {
+				o.CacheTTL, o.ProbeInterval = 300*time.Millisecond, 50*time.Millisecond
+				if !probe {
+					o.ProbeInterval = -1
+				}
+			})
+			nodeMember(t, c, "coordinator", "m", 7001, 0)
+			do(t, c, "SADD", "coordinator:destination:d", "m")
+			ctx := context.Background()
+			eventually(t, time.Second, "a cache hit", func() bool {
+				h := r.Stats().CacheHits.Load()
+				_, err := r.Route(ctx, "d", RouteOptions{})
+				return err == nil && r.Stats().CacheHits.Load() == h+1
+			})
+			do(t, c, "CONFIG", "RESETSTAT")
+			hits := r.Stats().CacheHits.Load()
+			deadline := time.Now().Add(time.Second) // over three CacheTTLs
+			n := uint64(0)
+			for time.Now().Before(deadline) {
+				if _, err := r.Route(ctx, "d", RouteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				n++
+				time.Sleep(5 * time.Millisecond)
+			}
+			info, _ := do(t, c, "INFO", "commandstats").ToString()
+			reads := strings.Contains(info, "cmdstat_smembers") || strings.Contains(info, "cmdstat_hgetall")
+			allHits := r.Stats().CacheHits.Load()-hits == n
+			if probe && (reads || !allHits || !strings.Contains(info, "cmdstat_set:")) {
+				t.Fatalf("with probes: %d/%d hits, re-reads=%v\n%s", r.Stats().CacheHits.Load()-hits, n, reads, info)
+			}
+			if !probe && !reads {
+				t.Fatalf("without probes entries must be re-read after CacheTTL\n%s", info)
+			}
+		})
 	}
 }

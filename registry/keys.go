@@ -23,6 +23,7 @@ func (k keys) epoch() string           { return k.prefix + ":registry-epoch" }
 func (k keys) memberPrefix() string    { return k.prefix + ":member:" }
 func (k keys) destPrefix() string      { return k.prefix + ":destination:" }
 func (k keys) lockPrefix() string      { return k.prefix + ":lock:" }
+func (k keys) probePrefix() string     { return k.prefix + ":probe:" }
 
 // ValidateID reports whether id may be used in a key: 1 to MaxIDLen bytes of
 // visible ASCII (no spaces, control bytes or non-ASCII). It allocates

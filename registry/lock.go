@@ -111,11 +111,11 @@ func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*l
 // failed, if both are younger than StaleMax.
 func (r *Registry) staleLock(lockID string, now time.Time, cause error) (Decision, error) {
 	l, ok := r.locks.Peek(lockID)
-	if !ok || !l.exists || now.Sub(l.fetched) >= r.opt.StaleMax {
+	if !ok || !l.exists || r.age(l.fetched, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	m, ok := r.members.Peek(l.podID)
-	if !ok || !m.live || m.addr == "" || now.Sub(m.fetched) >= r.opt.StaleMax {
+	if !ok || !m.live || m.addr == "" || r.age(m.fetched, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	r.stats.StaleAnswers.Add(1)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -52,6 +53,10 @@ type Options struct {
 	ClaimGrace time.Duration
 	// DNSTTL is how long a hostname's resolution is reused.
 	DNSTTL time.Duration
+	// ProbeInterval is how often the registry proves its invalidation
+	// channel alive (see probe.go); default CacheTTL/3, negative disables
+	// (then every entry is re-read once per CacheTTL).
+	ProbeInterval time.Duration
 	// Logger receives warnings (junk addresses, clean-up failures).
 	Logger *slog.Logger
 	// Now and LookupHost are injected by tests; defaults time.Now and
@@ -84,6 +89,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.DNSTTL <= 0 {
 		o.DNSTTL = DefaultDNSTTL
+	}
+	if o.ProbeInterval == 0 {
+		o.ProbeInterval = o.CacheTTL / 3
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -122,6 +130,12 @@ type Registry struct {
 	// derived from member records are rebuilt.
 	memberGen    atomic.Uint64
 	epochSettled atomic.Bool
+	// base anchors monotonic timestamps; confirmed is the latest moment
+	// (mono) up to which every invalidation is known to have arrived.
+	base      time.Time
+	confirmed atomic.Int64
+	probe     *prober
+	shared    shared
 
 	stats     Stats
 	cleanup   *cleaner
@@ -146,7 +160,10 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		log:     opt.Logger,
 		addrs:   newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now),
 		badAddr: make(map[string]struct{}),
+		base:    opt.Now(),
+		shared:  shared{sets: map[string]*idset{}},
 	}
+	r.confirmed.Store(math.MinInt64)
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: destination cache: %w", err)
@@ -157,14 +174,22 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	if r.locks, err = lru.New[string, *lockEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: lock cache: %w", err)
 	}
+	r.probe = newProber(r) // before the client: the invalidation callback reads its key
 	co := opt.Client
 	co.DisableCache = false
 	co.ClientTrackingOptions = []string{"PREFIX", opt.Prefix + ":", "BCAST"}
 	co.OnInvalidations = r.onInvalidations
+	if co.CacheSizeEachConn == 0 {
+		// valkey-go's cache is the second level here; the derived caches
+		// hold what requests use. Its default (128 MiB per connection)
+		// would dwarf them (valkey-go opens several connections).
+		co.CacheSizeEachConn = 1 << 20
+	}
 	if r.client, err = valkey.NewClient(co); err != nil {
 		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
 	}
 	r.cleanup = newCleaner(r)
+	r.probe.start()
 	// Start the recovery clock early; failure here is not fatal, claims
 	// retry it.
 	_ = r.checkEpoch(ctx)
@@ -173,6 +198,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 
 // Close stops background work and closes the Valkey connections.
 func (r *Registry) Close() {
+	r.probe.stop()
 	r.cleanup.stop()
 	r.client.Close()
 }
@@ -188,14 +214,21 @@ func (r *Registry) Ping(ctx context.Context) error {
 }
 
 func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
-	// Bump the sequence before marking: a concurrent load either sees the
-	// bump or stored its entry early enough for the marking to find it.
-	r.invSeq.Add(1)
 	if msgs == nil { // FLUSHALL/FLUSHDB or a lost connection
+		r.invSeq.Add(1)
 		r.flushGen.Add(1)
 		r.memberGen.Add(1)
 		r.epochSettled.Store(false)
 		return
+	}
+	// Bump the sequence before marking: a concurrent load either sees the
+	// bump or stored its entry early enough for the marking to find it.
+	// Probe keys (ours and other replicas') invalidate nothing cached.
+	for _, m := range msgs {
+		if key, err := m.ToString(); err == nil && !strings.HasPrefix(key, r.keys.probePrefix()) {
+			r.invSeq.Add(1)
+			break
+		}
 	}
 	for _, m := range msgs {
 		key, err := m.ToString()
@@ -208,6 +241,8 @@ func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 
 func (r *Registry) invalidateKey(key string) {
 	switch {
+	case key == r.probe.key:
+		r.probe.confirm()
 	case strings.HasPrefix(key, r.keys.destPrefix()):
 		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix()):]); ok {
 			e.invalid.Store(true)

@@ -38,10 +38,10 @@ func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (
 	}
 	now := r.opt.Now()
 	if e, ok := r.sets.Get(destID); ok && r.fresh(&e.freshness, now) {
-		if v := e.view.Load(); v.usable(r.memberGen.Load(), now) && len(v.live) > 0 {
+		if v := e.set.view.Load(); r.usable(v, r.memberGen.Load(), now) && len(v.live) > 0 {
 			if c, ok := r.opt.Strategy.Pick(destID, v.live); ok {
 				r.stats.CacheHits.Add(1)
-				r.cleanDead(destID, v)
+				r.cleanDead(destID, e, v)
 				return Decision{Member: c, Result: ResultHit}, nil
 			}
 		}
@@ -76,9 +76,9 @@ func (r *Registry) decide(ctx context.Context, destID string, e *setEntry, opt R
 	}
 	switch {
 	case len(v.live) > 0:
-		r.cleanDead(destID, v)
+		r.cleanDead(destID, e, v)
 		return r.pick(destID, v.live, ResultHit)
-	case len(e.ids) == 0:
+	case len(e.set.ids) == 0:
 		return r.onEmpty(ctx, destID, opt, now)
 	case len(v.unroutable) > 0:
 		return Decision{}, fmt.Errorf("%w: destination %q: members %v have unroutable addresses", ErrNoCapacity, destID, v.unroutable)
@@ -93,8 +93,8 @@ func (r *Registry) stale(destID string, e *setEntry, now time.Time, cause error)
 	if e == nil {
 		return Decision{}, cause
 	}
-	v := e.view.Load()
-	if v == nil || len(v.live) == 0 || now.Sub(v.confirmed) >= r.opt.StaleMax {
+	v := e.set.view.Load()
+	if v == nil || len(v.live) == 0 || r.age(v.confirmed, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	c, ok := r.opt.Strategy.Pick(destID, v.live)
@@ -207,7 +207,7 @@ func (r *Registry) routeIDs(ctx context.Context, destID string, ids []string, re
 	if err != nil {
 		return Decision{}, err
 	}
-	v := buildView(ms, 0, now, 0)
+	v := buildView(ms, 0, r.mono(now))
 	if len(v.live) == 0 {
 		return Decision{}, fmt.Errorf("%w: %q: no live, routable member among %v", ErrNoCapacity, destID, ids)
 	}

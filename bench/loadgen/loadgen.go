@@ -62,6 +62,10 @@ type Config struct {
 
 // Result is what a run measured.
 type Result struct {
+	// Sent counts every request started, including those cut off by the
+	// end of the run (the server did their work): per-request costs are
+	// divided by it. Requests counts those that completed.
+	Sent             uint64
 	Requests, Errors uint64
 	Elapsed          time.Duration
 	Throughput       float64 // successful requests per second
@@ -102,6 +106,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	r.res.Elapsed = time.Since(start)
 	r.res.Requests = r.done.Load()
+	r.res.Sent = r.next.Load() // take() counts past MaxRequests when refusing
+	if r.cfg.MaxRequests > 0 {
+		r.res.Sent = min(r.res.Sent, r.cfg.MaxRequests)
+	}
 	r.res.Throughput = float64(r.res.Requests-r.res.Errors) / r.res.Elapsed.Seconds()
 	return r.res, nil
 }

@@ -24,7 +24,7 @@ type options struct {
 	duration                         time.Duration
 	rounds, concurrency, conns       int
 	memoryDests                      int
-	quick                            bool
+	quick, memoryOnly                bool
 }
 
 func main() {
@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.conns, "conns", 4, "HTTP/2 connections, like a few Envoy workers")
 	fs.IntVar(&o.memoryDests, "memory-destinations", 1_000_000, "destinations cached for the RSS measurement (0: skip)")
 	fs.BoolVar(&o.quick, "quick", false, "tiny data sets and durations: a smoke run")
+	fs.BoolVar(&o.memoryOnly, "memory-only", false, "only the memory measurement")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

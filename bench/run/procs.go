@@ -26,6 +26,10 @@ type server struct {
 }
 
 func startServer(ctx context.Context, work, name, bin string, args ...string) (*server, error) {
+	return startServerEnv(ctx, work, name, bin, nil, args...)
+}
+
+func startServerEnv(ctx context.Context, work, name, bin string, env []string, args ...string) (*server, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -37,6 +41,7 @@ func startServer(ctx context.Context, work, name, bin string, args ...string) (*
 	}
 	args = append([]string{"--listen", addr}, args...)
 	s.cmd = exec.Command(bin, args...)
+	s.cmd.Env = append(os.Environ(), env...)
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)

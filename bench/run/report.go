@@ -51,6 +51,7 @@ type sweepPoint struct {
 }
 
 type memoryResult struct {
+	GoMemLimit       string  `json:"gomemlimit"`
 	Destinations     int     `json:"destinations"`
 	Resolved         uint64  `json:"resolved"`
 	RSSBytes         int64   `json:"rssBytes"`
@@ -188,8 +189,8 @@ func (r *report) markdown() string {
 			fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), fmtUS(s.P999), s.CPUMicrosPerReq, s.ValkeyCmdsPerReq, errs)
 	}
 	if m := r.Memory; m != nil {
-		fmt.Fprintf(&b, "\nMemory: %d destinations cached (%d resolved in %s): RSS %.0f MiB (%.0f MiB before), Go heap in use %.0f MiB.\n",
-			m.Destinations, m.Resolved, m.Took, float64(m.RSSBytes)/(1<<20), float64(m.BaselineRSSBytes)/(1<<20), m.HeapInuseBytes/(1<<20))
+		fmt.Fprintf(&b, "\nMemory: %d destinations cached (%d resolved in %s), GOMEMLIMIT=%s: RSS %.0f MiB (%.0f MiB before), Go heap in use %.0f MiB.\n",
+			m.Destinations, m.Resolved, m.Took, m.GoMemLimit, float64(m.RSSBytes)/(1<<20), float64(m.BaselineRSSBytes)/(1<<20), m.HeapInuseBytes/(1<<20))
 	}
 	if len(r.Targets) > 0 {
 		b.WriteString("\n| target | measured | met |\n|---|---:|---|\n")
@@ -222,6 +223,9 @@ func (r *report) write(dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "latest.json"), js, 0o644); err != nil {
 		return err
+	}
+	if len(r.Sweep) == 0 {
+		return nil
 	}
 	return r.plot(filepath.Join(dir, "latency.png"))
 }

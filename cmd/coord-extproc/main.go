@@ -41,6 +41,7 @@ Usage:
   coord-extproc members [flags]      list registered members: id, address, live, load, TTL left
   coord-extproc destination <id>     show a destination's members and their liveness
   coord-extproc lock <id>            show a lock record and its owner
+  coord-extproc health [--listen A]  exit 0 if the server at A answers gRPC health SERVING (for probes)
   coord-extproc version              print the version
 
 Run 'coord-extproc <command> --help' for a command's flags.
@@ -64,6 +65,8 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		return serve(ctx, cfg, stderr)
 	case "members", "destination", "lock":
 		return inspect(ctx, cmd, &cfg, args, getenv, stdout, stderr)
+	case "health":
+		return healthCheck(ctx, &cfg, args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "coord-extproc", version)
 		return nil

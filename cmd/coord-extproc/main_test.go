@@ -160,6 +160,10 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 	if body := get(t, "http://"+metricsAddr+"/healthz"); !strings.Contains(body, "SERVING") {
 		t.Fatalf("/healthz: %q", body)
 	}
+	var hout bytes.Buffer
+	if err := Main(context.Background(), []string{"health", "--listen", grpcAddr}, env(nil), &hout, io.Discard); err != nil || !strings.Contains(hout.String(), "SERVING") {
+		t.Fatalf("health subcommand: %v %q", err, hout.String())
+	}
 	proc := extprocv3.NewExternalProcessorClient(conn)
 	ask := func(s extprocv3.ExternalProcessor_ProcessClient) string {
 		t.Helper()
@@ -279,6 +283,9 @@ func TestOperatorCommands(t *testing.T) {
 	}
 	if _, err := run("lock"); !errors.Is(err, errUsage) {
 		t.Fatalf("lock without id: %v", err)
+	}
+	if _, err := run("health", "--listen", freeAddr(t)); err == nil {
+		t.Fatal("health of nothing succeeded")
 	}
 	if out, err := run("version"); err != nil || !strings.HasPrefix(out, "coord-extproc ") {
 		t.Fatalf("version: %q %v", out, err)

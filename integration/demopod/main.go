@@ -49,7 +49,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.id, "id", "", "member id (default: random)")
 	fs.StringVar(&o.valkeyURL, "valkey", "redis://127.0.0.1:6379", "Valkey URL")
 	fs.StringVar(&o.prefix, "key-prefix", registry.DefaultPrefix, "registry key prefix")
-	fs.StringVar(&o.advertise, "advertise", "", "address to register (default: http://<listen address>)")
+	fs.StringVar(&o.advertise, "advertise", "", "address to register (default: http://<listen address>; \"auto\": this host's first non-loopback IPv4 with the listen port, for containers)")
+	check := fs.String("check", "", "health-check mode: GET this URL, exit 0 on 200 (for container health checks)")
 	fs.DurationVar(&o.ttl, "ttl", registry.DefaultMemberTTL, "member record TTL")
 	fs.DurationVar(&o.heartbeat, "heartbeat", registry.DefaultHeartbeatInterval, "heartbeat interval")
 	fs.DurationVar(&o.lease, "lock-lease", 30*time.Second, "transaction lock lease, refreshed by each call")
@@ -57,6 +58,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&o.fanoutHold, "fanout-hold", 300*time.Millisecond, "how long a destination must stay above the cap")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *check != "" {
+		return healthCheck(*check)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	vopt, err := valkey.ParseURL(o.valkeyURL)
@@ -74,8 +78,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.advertise == "" {
+	switch o.advertise {
+	case "":
 		o.advertise = "http://" + lis.Addr().String()
+	case "auto":
+		if o.advertise, err = autoAdvertise(lis.Addr()); err != nil {
+			return err
+		}
 	}
 	p := newPod(log, o)
 	member, err := registry.NewMember(registry.MemberOptions{
@@ -117,4 +126,34 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer cancel()
 	log.Info("demopod stopping", "member", member.ID())
 	return srv.Shutdown(sctx)
+}
+
+// autoAdvertise is http://<first non-loopback IPv4>:<port>: in a container
+// that is the address other containers (and Envoy's ORIGINAL_DST cluster)
+// reach it on.
+func autoAdvertise(listen net.Addr) (string, error) {
+	_, port, _ := net.SplitHostPort(listen.String())
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return "http://" + net.JoinHostPort(ipn.IP.String(), port), nil
+		}
+	}
+	return "", errors.New("--advertise auto: no non-loopback IPv4 address on this host")
+}
+
+func healthCheck(url string) error {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
 }
