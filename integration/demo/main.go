@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -46,7 +48,8 @@ func run(ctx context.Context, args []string, stdin *os.File, out io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if st, err := stdin.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+	// A terminal, not just a character device: /dev/null is one too.
+	if _, err := unix.IoctlGetTermios(int(stdin.Fd()), unix.TCGETS); err == nil {
 		o.interactive = true
 	}
 	s, err := up(ctx, o, out)

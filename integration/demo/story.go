@@ -125,6 +125,9 @@ func (d *story) tell(ctx context.Context) error {
 	tr.hot(ctx, hot)
 	tr.watch(ctx, 4)
 	fmt.Fprintf(d.out, "\nStory done: %d requests, %d errors.\n", tr.total(), tr.errs())
+	for _, e := range tr.sample {
+		fmt.Fprintf(d.out, "   error: %s\n", e)
+	}
 	return nil
 }
 
@@ -153,6 +156,7 @@ type traffic struct {
 	werrs  map[string]int
 	all    int
 	bad    int
+	sample []string
 }
 
 func newTraffic(d *story) *traffic {
@@ -194,6 +198,9 @@ func (tr *traffic) record(t string, r reply) {
 	if r.status == 0 || r.status >= 500 || r.servedBy == "" {
 		tr.bad++
 		tr.werrs[t]++
+		if len(tr.sample) < 3 {
+			tr.sample = append(tr.sample, fmt.Sprintf("%s: %d %s", t, r.status, r.raw))
+		}
 		return
 	}
 	if tr.window[t] == nil {

@@ -39,6 +39,7 @@ type options struct {
 	listen, id, valkeyURL, prefix, advertise string
 	ttl, heartbeat, lease, fanoutHold        time.Duration
 	fanoutCap                                int
+	drain                                    time.Duration
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
@@ -56,6 +57,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&o.lease, "lock-lease", 30*time.Second, "transaction lock lease, refreshed by each call")
 	fs.IntVar(&o.fanoutCap, "fanout-cap", 0, "in-flight requests per destination above which it fans out (0: never)")
 	fs.DurationVar(&o.fanoutHold, "fanout-hold", 300*time.Millisecond, "how long a destination must stay above the cap")
+	fs.DurationVar(&o.drain, "drain", 300*time.Millisecond, "on SIGTERM, keep serving this long after deregistering, while gateways stop routing here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,6 +124,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := <-memberDone; err != nil {
 		log.Warn("deregistration failed", "err", err)
 	}
+	time.Sleep(o.drain) // requests already routed here still arrive for a moment
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	log.Info("demopod stopping", "member", member.ID())
