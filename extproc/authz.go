@@ -63,16 +63,18 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 	// Envoy's ext_authz applies headers_to_remove after setting headers,
 	// so the endpoint header is only ever set here (with overwrite, which
 	// also replaces every client-sent copy), never listed for removal.
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers: []*corev3.HeaderValueOption{
-				authzHeader(a.s.opt.EndpointHeader, o.member.Address),
-				authzHeader(MemberHeader, o.member.ID),
-			},
-		}},
-		DynamicMetadata: endpointMetadata(a.s.opt.EndpointHeader, o.member.Address),
-	}, nil
+	return a.s.checks.get(o.member.ID, o.member.Address, func() *authv3.CheckResponse {
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+				Headers: []*corev3.HeaderValueOption{
+					authzHeader(a.s.opt.EndpointHeader, o.member.Address),
+					authzHeader(MemberHeader, o.member.ID),
+				},
+			}},
+			DynamicMetadata: endpointMetadata(a.s.opt.EndpointHeader, o.member.Address),
+		}
+	}), nil
 }
 
 // authzHeader is a header for ext_authz, which reads `value` (not

@@ -28,7 +28,7 @@ func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest)
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		if x.seen { // Envoy sends them once; answer a repeat without re-deciding
-			return x.s.passHeaders()
+			return x.s.pass
 		}
 		x.seen = true
 		return x.onRequestHeaders(ctx, r.RequestHeaders)
@@ -59,14 +59,14 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 		return immediate(o.status, o.message, o.retry)
 	case !o.routed:
 		x.record(o.result)
-		return x.s.passHeaders()
+		return x.s.pass
 	}
-	resp := x.s.routedHeaders(o)
 	switch o.rule.Action {
 	case route.ActionCreate, route.ActionDelete:
 		// Ask Envoy for the response (mode override): the binding is
 		// written, or deleted, on the upstream's verdict.
 		x.awaiting = true
+		resp := x.s.routedHeaders(o)
 		resp.ModeOverride = &filterv3.ProcessingMode{
 			RequestHeaderMode:   filterv3.ProcessingMode_SEND,
 			ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
@@ -78,10 +78,10 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 		if o.rule.WantsBody() {
 			resp.ModeOverride.ResponseBodyMode = filterv3.ProcessingMode_BUFFERED
 		}
-	default:
-		x.record(o.result)
+		return resp
 	}
-	return resp
+	x.record(o.result)
+	return x.s.sharedRouted(o)
 }
 
 func (x *exchange) onResponseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {

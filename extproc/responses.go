@@ -3,6 +3,7 @@ package extproc
 import (
 	"encoding/json"
 	"strconv"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -24,6 +25,41 @@ func setHeader(key, value string) *corev3.HeaderValueOption {
 	}
 }
 
+// answerCache holds one immutable routed answer per member and address.
+// gRPC only reads a message while sending it, so concurrent streams can
+// share one: for a cached destination the answer then costs no allocation.
+type answerCache[T any] struct {
+	mu sync.RWMutex
+	m  map[[2]string]T
+}
+
+// maxAnswers bounds the cache; pods are few, so this is only a guard.
+const maxAnswers = 10_000
+
+func (c *answerCache[T]) get(id, addr string, build func() T) T {
+	k := [2]string{id, addr}
+	c.mu.RLock()
+	v, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = build()
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxAnswers {
+		c.m = make(map[[2]string]T)
+	}
+	c.m[k] = v
+	c.mu.Unlock()
+	return v
+}
+
+// sharedRouted is the routed answer for plain routes, shared; never mutate it.
+func (s *Server) sharedRouted(o *outcome) *extprocv3.ProcessingResponse {
+	return s.answers.get(o.member.ID, o.member.Address, func() *extprocv3.ProcessingResponse { return s.routedHeaders(o) })
+}
+
+// routedHeaders builds a routed answer the caller may modify.
 func (s *Server) routedHeaders(o *outcome) *extprocv3.ProcessingResponse {
 	resp := &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{

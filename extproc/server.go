@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,7 +42,10 @@ type Options struct {
 // Server implements ext_proc. One stream is one HTTP request.
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	opt Options
+	opt     Options
+	answers answerCache[*extprocv3.ProcessingResponse]
+	pass    *extprocv3.ProcessingResponse // shared, never mutated
+	checks  answerCache[*authv3.CheckResponse]
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -60,7 +64,9 @@ func NewServer(opt Options) (*Server, error) {
 	if opt.BodyLimit <= 0 {
 		opt.BodyLimit = DefaultBodyLimit
 	}
-	return &Server{opt: opt}, nil
+	s := &Server{opt: opt}
+	s.pass = s.passHeaders()
+	return s, nil
 }
 
 // Process serves one ext_proc stream: Envoy sends the request headers
