@@ -3,10 +3,10 @@ package registry
 import (
 	"context"
 	"errors"
-	"strings"
-	"sync"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
