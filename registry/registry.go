@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -294,5 +293,3 @@ func (r *Registry) logBadAddress(memberID, address string, err error) {
 		r.log.Warn("member address is not routable; member skipped", "member", memberID, "address", address, "err", err)
 	}
 }
-
-func isUnavailable(err error) bool { return errors.Is(err, ErrRegistryUnavailable) }

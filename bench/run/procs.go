@@ -20,9 +20,9 @@ import (
 
 // server is a process under measurement.
 type server struct {
-	name, addr, metrics string
-	cmd                 *exec.Cmd
-	logPath             string
+	name, addr string
+	cmd        *exec.Cmd
+	logPath    string
 }
 
 func startServer(ctx context.Context, work, name, bin string, args ...string) (*server, error) {
