@@ -240,8 +240,7 @@ func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 
 func (r *Registry) invalidateKey(key string) {
 	switch {
-	case key == r.probe.key:
-		r.probe.confirm()
+	case r.probe.confirm(key):
 	case strings.HasPrefix(key, r.keys.destPrefix()):
 		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix()):]); ok {
 			e.invalid.Store(true)
