@@ -10,20 +10,29 @@ const DefaultPrefix = "coordinator"
 // unbounded or binary key.
 const MaxIDLen = 256
 
-// keys builds the registry's key names for one prefix.
+// keys builds the registry's key names for one prefix. The prefixes are
+// computed once: every invalidation Valkey pushes is matched against them.
 type keys struct {
-	prefix string
+	prefix, membersKey, epochKey, memberPrefix, destPrefix, lockPrefix, probePrefix string
 }
 
-func (k keys) members() string         { return k.prefix + ":members" }
-func (k keys) member(id string) string { return k.prefix + ":member:" + id }
-func (k keys) dest(id string) string   { return k.prefix + ":destination:" + id }
-func (k keys) lock(id string) string   { return k.prefix + ":lock:" + id }
-func (k keys) epoch() string           { return k.prefix + ":registry-epoch" }
-func (k keys) memberPrefix() string    { return k.prefix + ":member:" }
-func (k keys) destPrefix() string      { return k.prefix + ":destination:" }
-func (k keys) lockPrefix() string      { return k.prefix + ":lock:" }
-func (k keys) probePrefix() string     { return k.prefix + ":probe:" }
+func newKeys(prefix string) keys {
+	return keys{
+		prefix:       prefix,
+		membersKey:   prefix + ":members",
+		epochKey:     prefix + ":registry-epoch",
+		memberPrefix: prefix + ":member:",
+		destPrefix:   prefix + ":destination:",
+		lockPrefix:   prefix + ":lock:",
+		probePrefix:  prefix + ":probe:",
+	}
+}
+
+func (k keys) members() string         { return k.membersKey }
+func (k keys) member(id string) string { return k.memberPrefix + id }
+func (k keys) dest(id string) string   { return k.destPrefix + id }
+func (k keys) lock(id string) string   { return k.lockPrefix + id }
+func (k keys) epoch() string           { return k.epochKey }
 
 // ValidateID reports whether id may be used in a key: 1 to MaxIDLen bytes of
 // visible ASCII (no spaces, control bytes or non-ASCII). It allocates

@@ -104,7 +104,7 @@ func NewMember(opt MemberOptions) (*Member, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Member{opt: opt, keys: keys{prefix: opt.Prefix}, dests: map[string]struct{}{}, locks: map[string]heldLock{}}, nil
+	return &Member{opt: opt, keys: newKeys(opt.Prefix), dests: map[string]struct{}{}, locks: map[string]heldLock{}}, nil
 }
 
 // ID returns the member id.

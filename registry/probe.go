@@ -38,7 +38,7 @@ const probeSlots = 8
 func newProber(r *Registry) *prober {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	return &prober{r: r, base: r.keys.probePrefix() + hex.EncodeToString(b) + ":", quit: make(chan struct{})}
+	return &prober{r: r, base: r.keys.probePrefix + hex.EncodeToString(b) + ":", quit: make(chan struct{})}
 }
 
 func (p *prober) start() {

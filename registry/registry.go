@@ -155,7 +155,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	opt.setDefaults()
 	r := &Registry{
 		opt:     opt,
-		keys:    keys{prefix: opt.Prefix},
+		keys:    newKeys(opt.Prefix),
 		log:     opt.Logger,
 		addrs:   newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now),
 		badAddr: make(map[string]struct{}),
@@ -224,7 +224,7 @@ func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 	// bump or stored its entry early enough for the marking to find it.
 	// Probe keys (ours and other replicas') invalidate nothing cached.
 	for _, m := range msgs {
-		if key, err := m.ToString(); err == nil && !strings.HasPrefix(key, r.keys.probePrefix()) {
+		if key, err := m.ToString(); err == nil && !strings.HasPrefix(key, r.keys.probePrefix) {
 			r.invSeq.Add(1)
 			break
 		}
@@ -241,17 +241,17 @@ func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 func (r *Registry) invalidateKey(key string) {
 	switch {
 	case r.probe.confirm(key):
-	case strings.HasPrefix(key, r.keys.destPrefix()):
-		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix()):]); ok {
+	case strings.HasPrefix(key, r.keys.destPrefix):
+		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix):]); ok {
 			e.invalid.Store(true)
 		}
-	case strings.HasPrefix(key, r.keys.memberPrefix()):
-		if e, ok := r.members.Peek(key[len(r.keys.memberPrefix()):]); ok {
+	case strings.HasPrefix(key, r.keys.memberPrefix):
+		if e, ok := r.members.Peek(key[len(r.keys.memberPrefix):]); ok {
 			e.invalid.Store(true)
 		}
 		r.memberGen.Add(1)
-	case strings.HasPrefix(key, r.keys.lockPrefix()):
-		if e, ok := r.locks.Peek(key[len(r.keys.lockPrefix()):]); ok {
+	case strings.HasPrefix(key, r.keys.lockPrefix):
+		if e, ok := r.locks.Peek(key[len(r.keys.lockPrefix):]); ok {
 			e.invalid.Store(true)
 		}
 	case key == r.keys.members():

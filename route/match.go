@@ -48,7 +48,7 @@ func (t *Table) Match(method, path string, header func(name string) string) (Mat
 		if r.Action == ActionCreate || r.Action == ActionPass {
 			return m, nil
 		}
-		if !r.validID(raw) {
+		if !r.ValidID(raw) {
 			return m, fmt.Errorf("%w: does not match %s", ErrInvalidID, r.IDPattern)
 		}
 		return m, nil
@@ -76,9 +76,7 @@ func (r *Rule) idHeader() string {
 }
 
 // ValidID reports whether id satisfies the rule's id pattern.
-func (r *Rule) ValidID(id string) bool { return r.validID(id) }
-
-func (r *Rule) validID(id string) bool {
+func (r *Rule) ValidID(id string) bool {
 	if r.idRe != nil {
 		return r.idRe.MatchString(id)
 	}

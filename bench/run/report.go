@@ -136,15 +136,13 @@ func (r *report) addLatency(sc *scenario, res *loadgen.Result) {
 
 func (r *report) addSweep(sc *scenario, offered float64, res *loadgen.Result) {
 	h := res.Latency
-	r.Sweep = append(r.Sweep, sweepPoint{Scenario: sc.name, Offered: offered, P50: us(h.Quantile(.5)), P99: us(h.Quantile(.99)),
-		Micros: map[string]float64{"p50": us(h.Quantile(.5)), "p90": us(h.Quantile(.9)), "p99": us(h.Quantile(.99)), "p99.9": us(h.Quantile(.999))}})
+	r.Sweep = append(r.Sweep, sweepPoint{Scenario: sc.name, Offered: offered, Micros: quantiles(h)})
 }
 
 func (r *report) finish() {
 	for _, s := range r.Scenarios {
 		if h := r.hists[s.Name]; h != nil {
-			s.P50, s.P90, s.P99, s.P999 = us(h.Quantile(.5)), us(h.Quantile(.9)), us(h.Quantile(.99)), us(h.Quantile(.999))
-			s.Latency = map[string]float64{"p50": s.P50, "p90": s.P90, "p99": s.P99, "p99.9": s.P999}
+			s.Latency = quantiles(h)
 		}
 	}
 	ceil, cached := r.index["1-ceiling"], r.index["2-cached"]
@@ -153,7 +151,7 @@ func (r *report) finish() {
 	}
 	ratio := cached.Throughput / ceil.Throughput
 	r.Targets = append(r.Targets, target{"scenario 2 throughput ≥ 90% of the ceiling's", fmt.Sprintf("%.0f%%", 100*ratio), ratio >= 0.9})
-	p99 := cached.P99 / max(ceil.P99, 1)
+	p99 := cached.Latency["p99"] / max(ceil.Latency["p99"], 1)
 	r.Targets = append(r.Targets, target{"scenario 2 p99 at 50% load ≤ 1.2 × the ceiling's", fmt.Sprintf("%.2f×", p99), p99 <= 1.2})
 	for _, n := range []string{"2-cached", "3-fanout-least-loaded", "4-locks", "6-ext-authz-cached"} {
 		if s := r.index[n]; s != nil {
@@ -186,7 +184,7 @@ func (r *report) markdown() string {
 			errs = fmt.Sprintf("%d %v", s.Errors, s.ErrorKinds)
 		}
 		fmt.Fprintf(&b, "| %s — %s | %.0f | %s | %s | %s | %s | %s | %.1f | %.3f | %s |\n", s.Name, s.What, s.Throughput, vs,
-			fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), fmtUS(s.P999), s.CPUMicrosPerReq, s.ValkeyCmdsPerReq, errs)
+			fmtUS(s.Latency["p50"]), fmtUS(s.Latency["p90"]), fmtUS(s.Latency["p99"]), fmtUS(s.Latency["p99.9"]), s.CPUMicrosPerReq, s.ValkeyCmdsPerReq, errs)
 	}
 	if m := r.Memory; m != nil {
 		fmt.Fprintf(&b, "\nMemory: %d destinations cached (%d resolved in %s), GOMEMLIMIT=%s: RSS %.0f MiB (%.0f MiB before), Go heap in use %.0f MiB.\n",
@@ -201,7 +199,7 @@ func (r *report) markdown() string {
 	if len(r.Sweep) > 0 {
 		b.WriteString("\nLatency against offered load (open loop): see `latency.png`.\n\n| scenario | offered (req/s) | p50 | p99 |\n|---|---:|---:|---:|\n")
 		for _, p := range r.Sweep {
-			fmt.Fprintf(&b, "| %s | %.0f | %s | %s |\n", p.Scenario, p.Offered, fmtUS(p.P50), fmtUS(p.P99))
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %s |\n", p.Scenario, p.Offered, fmtUS(p.Micros["p50"]), fmtUS(p.Micros["p99"]))
 		}
 	}
 	if len(r.Micro) > 0 {
@@ -260,6 +258,10 @@ func mean(xs []float64) float64 {
 		s += x
 	}
 	return s / float64(len(xs))
+}
+
+func quantiles(h *loadgen.Histogram) map[string]float64 {
+	return map[string]float64{"p50": us(h.Quantile(.5)), "p90": us(h.Quantile(.9)), "p99": us(h.Quantile(.99)), "p99.9": us(h.Quantile(.999))}
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -58,7 +58,7 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 		applyAuthzHeader(h, o)
 	}
 	for _, name := range ok.GetHeadersToRemove() {
-		n := lower(name)
+		n := strings.ToLower(name)
 		if strings.HasPrefix(n, ":") || n == "host" { // Envoy refuses to remove these
 			continue
 		}
@@ -68,7 +68,7 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 }
 
 func applyAuthzHeader(h *headerMap, o *corev3.HeaderValueOption) {
-	name, value := lower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
+	name, value := strings.ToLower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
 	_, exists := h.get(name)
 	switch o.GetAppendAction() {
 	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:

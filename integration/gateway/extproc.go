@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -243,11 +244,11 @@ func (g *gateway) applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap
 		}
 		switch ck.check(name) {
 		case checkOK:
-			h.remove(lower(name))
+			h.remove(strings.ToLower(name))
 		case checkIgnore:
 			g.log.Debug("header may not be removed per rules", "header", name)
 		case checkFail:
-			return fmt.Errorf("Invalid attempt to remove %s", lower(name))
+			return fmt.Errorf("Invalid attempt to remove %s", strings.ToLower(name))
 		}
 	}
 	for _, sh := range m.GetSetHeaders() {
@@ -257,7 +258,7 @@ func (g *gateway) applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap
 		if sh.GetHeader().GetValue() != "" && len(sh.GetHeader().GetRawValue()) != 0 {
 			return errors.New("Only one of value or raw_value in the HeaderValue message should be set.")
 		}
-		name, value := lower(sh.GetHeader().GetKey()), string(sh.GetHeader().GetRawValue())
+		name, value := strings.ToLower(sh.GetHeader().GetKey()), string(sh.GetHeader().GetRawValue())
 		if !validHeaderName(name) || !validHeaderValue(value) {
 			return errors.New("Invalid character in set_headers mutation.")
 		}
@@ -301,14 +302,4 @@ func immediateReply(ir *extprocv3.ImmediateResponse) *localReply {
 		code = 200
 	}
 	return &localReply{status: code, body: ir.GetBody(), mutation: ir.GetHeaders(), details: ir.GetDetails()}
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }

@@ -27,7 +27,7 @@ func requestHeaders(r *http.Request) headerMap {
 }
 
 func responseHeaders(status int, hdr http.Header) headerMap {
-	h := headerMap{{":status", itoa(status)}}
+	h := headerMap{{":status", strconv.Itoa(status)}}
 	for k, vs := range hdr {
 		for _, v := range vs {
 			h = append(h, header{strings.ToLower(k), v})
@@ -94,8 +94,6 @@ func (h headerMap) httpHeader() http.Header {
 	}
 	return out
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // validHeaderName and validHeaderValue mirror
 // Http::HeaderUtility::headerNameIsValid / headerValueIsValid: names are

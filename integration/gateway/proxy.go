@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -91,9 +92,13 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header()[http.CanonicalHeaderKey(k)] = vs
 	}
 	if buffered {
-		w.Header().Set("Content-Length", itoa(len(body)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	w.WriteHeader(atoi(status, resp.StatusCode))
+	code, err := strconv.Atoi(status)
+	if err != nil {
+		code = resp.StatusCode
+	}
+	w.WriteHeader(code)
 	if buffered {
 		_, _ = w.Write(body)
 		return
@@ -242,7 +247,7 @@ func upstreamFailure(err error) *localReply {
 // writeLocal sends a local reply: text/plain when there is a body, then
 // the processor's header mutations.
 func (g *gateway) writeLocal(w http.ResponseWriter, lr *localReply) {
-	h := headerMap{{":status", itoa(lr.status)}}
+	h := headerMap{{":status", strconv.Itoa(lr.status)}}
 	if len(lr.body) > 0 {
 		h.set("content-type", "text/plain")
 	}
@@ -257,24 +262,10 @@ func (g *gateway) writeLocal(w http.ResponseWriter, lr *localReply) {
 	for k, vs := range h.httpHeader() {
 		w.Header()[http.CanonicalHeaderKey(k)] = vs
 	}
-	w.Header().Set("Content-Length", itoa(len(lr.body)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(lr.body)))
 	if lr.details != "" {
 		g.log.Debug("local reply", "status", lr.status, "details", lr.details)
 	}
 	w.WriteHeader(lr.status)
 	_, _ = w.Write(lr.body)
-}
-
-func atoi(s string, def int) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return def
-		}
-		n = n*10 + int(c-'0')
-	}
-	if s == "" {
-		return def
-	}
-	return n
 }
