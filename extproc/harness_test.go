@@ -74,8 +74,7 @@ func newEnvTB(t testing.TB) *env {
 	e.c = e.srv.Client(t)
 	var err error
 	e.reg, err = registry.New(context.Background(), registry.Options{
-		Client:     valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
-		ClaimGrace: -1,
+		Client: valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
 	})
 	if err != nil {
 		t.Fatal(err)

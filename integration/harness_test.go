@@ -124,14 +124,13 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 
 // stackOptions shape one end-to-end stack.
 type stackOptions struct {
-	config     string // envoy bootstrap under ../envoy
-	gateway    string // "standin" or "envoy"
-	replicas   int    // coord-extproc replicas, each with its own gateway
-	strategy   string
-	podTTL     time.Duration
-	heartbeat  time.Duration
-	fanoutCap  int
-	claimGrace time.Duration
+	config    string // envoy bootstrap under ../envoy
+	gateway   string // "standin" or "envoy"
+	replicas  int    // coord-extproc replicas, each with its own gateway
+	strategy  string
+	podTTL    time.Duration
+	heartbeat time.Duration
+	fanoutCap int
 }
 
 type stack struct {
@@ -168,9 +167,6 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.podTTL == 0 {
 		o.podTTL, o.heartbeat = 2*time.Second, 300*time.Millisecond
 	}
-	if o.claimGrace == 0 {
-		o.claimGrace = o.heartbeat
-	}
 	if o.gateway == "envoy" && os.Getenv("ENVOY_BIN") == "" {
 		t.Skip("ENVOY_BIN is not set: this case's real-Envoy run is skipped (the stand-in run above covers it)")
 	}
@@ -180,23 +176,22 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		s.startPod(fmt.Sprintf("pod-%d", i+1), o)
 	}
 	for i := 0; i < o.replicas; i++ {
-		c := &coord{grpc: freeAddr(t), metrics: freeAddr(t)}
-		c.proc = start(t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
-			"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.valkey.URL(),
-			"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
-			"--claim-grace", o.claimGrace.String(), "--log-format", "text")
+		c := s.startCoord(o, i)
 		waitFor(t, 5*time.Second, "coord-extproc healthy", func() bool { return s.status("http://"+c.metrics+"/healthz") == 200 })
-		s.coords = append(s.coords, c)
 		s.gws = append(s.gws, s.startGateway(o, c, i))
 	}
-	// A brand-new registry holds claims for --claim-grace (pods may be
-	// re-asserting bindings after a wipe); wait until a claim goes through.
-	for gw := range s.gws {
-		waitFor(t, 5*time.Second, "claims open", func() bool {
-			return s.do(gw, "GET", "/sessions/probe/keys/x", "").str("error") != "Registry recovering"
-		})
-	}
 	return s
+}
+
+// startCoord starts replica i of coord-extproc without waiting for it.
+func (s *stack) startCoord(o stackOptions, i int) *coord {
+	c := &coord{grpc: freeAddr(s.t), metrics: freeAddr(s.t)}
+	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
+		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.valkey.URL(),
+		"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
+		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text")
+	s.coords = append(s.coords, c)
+	return c
 }
 
 func (s *stack) startPod(id string, o stackOptions) *pod {

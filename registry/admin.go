@@ -22,6 +22,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 		return Binding{}, err
 	}
 	now := r.opt.Now()
+	g := r.recovery.begin(ctx)
 	e, _, err := r.destSet(ctx, destID, now)
 	if err != nil {
 		return Binding{}, err
@@ -32,6 +33,9 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 			return Binding{}, err
 		}
 		if len(ids) == 0 {
+			if err := g.settle(ctx); err != nil {
+				return Binding{}, err
+			}
 			return Binding{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
 		}
 	}
@@ -40,6 +44,12 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 		return Binding{}, err
 	}
 	v := buildView(ms, 0, r.mono(now))
+	if len(v.live) == 0 && len(v.unroutable) == 0 {
+		// Only dead members: a delete would decide against them.
+		if err := g.settle(ctx); err != nil {
+			return Binding{}, err
+		}
+	}
 	return Binding{Live: v.live, Dead: v.dead, Unroutable: v.unroutable}, nil
 }
 

@@ -20,7 +20,6 @@ func benchRegistry(b *testing.B, pods int) (*Registry, func() int64) {
 	}
 	do(b, c, append([]string{"SADD", "coordinator:destination:d"}, ids...)...)
 	do(b, c, "HSET", "coordinator:lock:l", "podId", "m0", "destinationId", "d")
-	do(b, c, "SET", "coordinator:registry-epoch", "1")
 	ctx := context.Background()
 	eventually(b, 2*time.Second, "warm caches", func() bool {
 		h := r.Stats().CacheHits.Load()

@@ -57,10 +57,8 @@ func TestSteadyStateCost(t *testing.T) {
 func TestClaimCost(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
-	r := newRegistry(t, srv, func(o *Options) { o.ClaimGrace = 0 }) // guard on, default grace
+	r := newRegistry(t, srv, nil)
 	nodeMember(t, c, "coordinator", "m", 7001, 0)
-	// Settle the epoch so the guard is not what is measured.
-	do(t, c, "SET", "coordinator:registry-epoch", "1")
 	if _, err := route(t, r, "first", RouteOptions{ClaimOnMiss: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -95,10 +93,11 @@ func TestProbesKeepEntriesFresh(t *testing.T) {
 			nodeMember(t, c, "coordinator", "m", 7001, 0)
 			do(t, c, "SADD", "coordinator:destination:d", "m")
 			ctx := context.Background()
-			eventually(t, time.Second, "a cache hit", func() bool {
+			eventually(t, time.Second, "a cache hit and the members set cached", func() bool {
 				h := r.Stats().CacheHits.Load()
 				_, err := r.Route(ctx, "d", RouteOptions{})
-				return err == nil && r.Stats().CacheHits.Load() == h+1
+				all := r.all.Load()
+				return err == nil && r.Stats().CacheHits.Load() == h+1 && (!probe || all != nil && len(all.set.ids) == 1 && r.fresh(&all.freshness, time.Now()))
 			})
 			do(t, c, "CONFIG", "RESETSTAT")
 			hits := r.Stats().CacheHits.Load()

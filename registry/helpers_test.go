@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,9 +19,8 @@ func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client { return srv.
 func newRegistry(t testing.TB, srv *valkeytest.Server, mod func(*Options)) *Registry {
 	t.Helper()
 	opt := Options{
-		Client:     valkey.ClientOption{InitAddress: []string{srv.Addr()}},
-		ClaimGrace: -1, // tests of the recovery guard turn it on
-		Strategy:   strategy.NewRoundRobin(0),
+		Client:   valkey.ClientOption{InitAddress: []string{srv.Addr()}},
+		Strategy: strategy.NewRoundRobin(0),
 	}
 	if mod != nil {
 		mod(&opt)
@@ -86,4 +86,24 @@ func route(t testing.TB, r *Registry, dest string, opt RouteOptions) (Decision, 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	return r.Route(ctx, dest, opt)
+}
+
+// clearRegistry deletes every registry key but the recovery key (whose loss
+// would be a wipe, SPEC §3) and waits until r has seen the invalidations,
+// as any request arriving a few hundred microseconds later would.
+func clearRegistry(t testing.TB, r *Registry, c valkey.Client) {
+	t.Helper()
+	keys, err := do(t, c, "KEYS", "coordinator:*").AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys = slices.DeleteFunc(keys, func(k string) bool {
+		return k == "coordinator:recovery" || strings.HasPrefix(k, "coordinator:probe:")
+	})
+	if len(keys) == 0 {
+		return
+	}
+	seq := r.invSeq.Load()
+	do(t, c, append([]string{"DEL"}, keys...)...)
+	eventually(t, time.Second, "invalidations of the cleared keys", func() bool { return r.invSeq.Load() != seq })
 }

@@ -13,14 +13,14 @@ const MaxIDLen = 256
 // keys builds the registry's key names for one prefix. The prefixes are
 // computed once: every invalidation Valkey pushes is matched against them.
 type keys struct {
-	prefix, membersKey, epochKey, memberPrefix, destPrefix, lockPrefix, probePrefix string
+	prefix, membersKey, recoveryKey, memberPrefix, destPrefix, lockPrefix, probePrefix string
 }
 
 func newKeys(prefix string) keys {
 	return keys{
 		prefix:       prefix,
 		membersKey:   prefix + ":members",
-		epochKey:     prefix + ":registry-epoch",
+		recoveryKey:  prefix + ":recovery",
 		memberPrefix: prefix + ":member:",
 		destPrefix:   prefix + ":destination:",
 		lockPrefix:   prefix + ":lock:",
@@ -32,7 +32,7 @@ func (k keys) members() string         { return k.membersKey }
 func (k keys) member(id string) string { return k.memberPrefix + id }
 func (k keys) dest(id string) string   { return k.destPrefix + id }
 func (k keys) lock(id string) string   { return k.lockPrefix + id }
-func (k keys) epoch() string           { return k.epochKey }
+func (k keys) recovery() string        { return k.recoveryKey }
 
 // ValidateID reports whether id may be used in a key: 1 to MaxIDLen bytes of
 // visible ASCII (no spaces, control bytes or non-ASCII). It allocates

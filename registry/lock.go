@@ -38,10 +38,14 @@ func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Ti
 		return r.staleLock(lockID, now, err)
 	}
 	if !l.exists {
+		g := r.recovery.begin(ctx)
 		if l, err = r.readLock(ctx, lockID, false); err != nil {
 			return Decision{}, err
 		}
 		if !l.exists {
+			if err := g.settle(ctx); err != nil {
+				return Decision{}, err
+			}
 			return Decision{}, fmt.Errorf("%w: %q", ErrLockNotFound, lockID)
 		}
 	}
@@ -54,6 +58,7 @@ func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Ti
 	}
 	m := ms[0]
 	if !m.live {
+		g := r.recovery.begin(ctx)
 		dead, alive, err := r.confirmDead(ctx, []string{l.podID})
 		if err != nil {
 			return Decision{}, err
@@ -62,6 +67,9 @@ func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Ti
 			return Decision{Member: alive[0], Result: ResultLockHit}, nil
 		}
 		if len(dead) == 1 {
+			if err := g.settle(ctx); err != nil {
+				return Decision{}, err
+			}
 			return Decision{}, fmt.Errorf("%w: lock %q, member %q", ErrLockOwnerGone, lockID, l.podID)
 		}
 	}

@@ -122,17 +122,15 @@ func (m *Member) do(ctx context.Context, cmds ...valkey.Completed) error {
 }
 
 // registerCmds adds the id to the members set and writes the record with
-// its TTL. The record and its TTL are one MULTI on one key, so a record
-// never exists without expiry.
+// its TTL. The record and its TTL are one script on one key, so a record
+// never exists without expiry; no command spans two keys, so the pipeline
+// is valid on Valkey Cluster (each command goes to its own slot's node).
 func (m *Member) registerCmds(load int64) []valkey.Completed {
 	b := m.opt.Client.B()
-	key := m.keys.member(m.opt.ID)
 	return []valkey.Completed{
 		b.Sadd().Key(m.keys.members()).Member(m.opt.ID).Build(),
-		b.Multi().Build(),
-		b.Hset().Key(key).FieldValue().FieldValue("address", m.opt.Address).FieldValue("load", strconv.FormatInt(load, 10)).Build(),
-		b.Pexpire().Key(key).Milliseconds(m.opt.TTL.Milliseconds()).Build(),
-		b.Exec().Build(),
+		b.Eval().Script(registerSrc).Numkeys(1).Key(m.keys.member(m.opt.ID)).
+			Arg(m.opt.Address, strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)).Build(),
 	}
 }
 
@@ -166,9 +164,11 @@ func (m *Member) Heartbeat(ctx context.Context, load int64) (recovered bool, err
 	return true, nil
 }
 
-// recover sends, in one pipelined round trip, every destination binding,
-// every unexpired lock (only where the lock record is missing) and then
-// the member record.
+// recover re-asserts every destination binding and every unexpired lock
+// (only where the lock record is missing) in one pipelined round trip, and
+// only once all of them are acknowledged re-creates the member record: on
+// Cluster a pipeline's commands reach different nodes in no fixed order,
+// and coordinators release a recovery hold on the record alone.
 func (m *Member) recover(ctx context.Context, load int64) error {
 	b := m.opt.Client.B()
 	now := m.opt.Now()
@@ -189,7 +189,12 @@ func (m *Member) recover(ctx context.Context, load int64) error {
 		cmds = append(cmds, b.Eval().Script(restoreLockSrc).Numkeys(1).Key(m.keys.lock(id)).Arg(args...).Build())
 	}
 	m.mu.Unlock()
-	return m.do(ctx, append(cmds, m.registerCmds(load)...)...)
+	if len(cmds) > 0 {
+		if err := m.do(ctx, cmds...); err != nil {
+			return err
+		}
+	}
+	return m.do(ctx, m.registerCmds(load)...)
 }
 
 // Deregister removes the member record and its members-set entry. Its
@@ -208,10 +213,16 @@ func (m *Member) Deregister(ctx context.Context) error {
 
 // Run registers, heartbeats every HeartbeatInterval with opt.Load() until
 // ctx ends, then deregisters (with a fresh deadline, since ctx is done).
-// Heartbeat failures are logged and retried on the next tick.
+// A failed registration or heartbeat is retried with a short back-off
+// inside the interval, not at the next tick: after a Valkey restart the
+// pooled connections fail once each before fresh ones are dialled, and the
+// re-assertion must not wait a whole interval for that. Failures are
+// logged, at most once per interval.
 func (m *Member) Run(ctx context.Context) error {
-	if err := m.Register(ctx, m.opt.Load()); err != nil {
-		return err
+	for !m.retry(ctx, "registration", func() error { return m.Register(ctx, m.opt.Load()) }) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
 	t := time.NewTicker(m.opt.HeartbeatInterval)
 	defer t.Stop()
@@ -222,16 +233,36 @@ func (m *Member) Run(ctx context.Context) error {
 			defer cancel()
 			return m.Deregister(dctx)
 		case <-t.C:
-			_, err := m.Heartbeat(ctx, m.opt.Load())
-			if err != nil && ctx.Err() == nil {
-				// A restarted Valkey fails the first call on the old
-				// connection; retrying at once on a new one keeps
-				// recovery within one interval.
-				_, err = m.Heartbeat(ctx, m.opt.Load())
-			}
-			if err != nil && ctx.Err() == nil {
-				m.opt.Logger.Warn("heartbeat failed", "member", m.opt.ID, "err", err)
-			}
+			m.retry(ctx, "heartbeat", func() error {
+				_, err := m.Heartbeat(ctx, m.opt.Load())
+				return err
+			})
 		}
+	}
+}
+
+// retry runs f until it succeeds, ctx ends or one heartbeat interval has
+// passed, and reports whether it succeeded.
+func (m *Member) retry(ctx context.Context, what string, f func() error) bool {
+	until := time.Now().Add(m.opt.HeartbeatInterval)
+	backoff := 10 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if time.Now().Add(backoff).After(until) {
+			m.opt.Logger.Warn(what+" failed; retrying", "member", m.opt.ID, "err", err)
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, max(m.opt.HeartbeatInterval/10, 10*time.Millisecond))
 	}
 }

@@ -41,19 +41,26 @@ func newProber(r *Registry) *prober {
 	return &prober{r: r, base: r.keys.probePrefix + hex.EncodeToString(b) + ":", quit: make(chan struct{})}
 }
 
+// start runs the probe loop; with probes disabled it still keeps the
+// member list warm (refreshMembers) every CacheTTL/3.
 func (p *prober) start() {
-	if p.r.opt.ProbeInterval > 0 {
-		p.wg.Add(1)
-		go p.run()
-	}
+	p.wg.Add(1)
+	go p.run()
 }
 
 func (p *prober) run() {
 	defer p.wg.Done()
-	t := time.NewTicker(p.r.opt.ProbeInterval)
+	every := p.r.opt.ProbeInterval
+	if every <= 0 {
+		every = p.r.opt.CacheTTL / 3
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		p.send()
+		if p.r.opt.ProbeInterval > 0 {
+			p.send()
+		}
+		p.r.refreshMembers()
 		select {
 		case <-p.quit:
 			return

@@ -19,12 +19,12 @@ import (
 
 // Defaults of Options (SPEC §4).
 const (
-	DefaultCacheTTL   = 5 * time.Second
-	DefaultCacheSize  = 10000
-	DefaultTimeout    = 50 * time.Millisecond
-	DefaultStaleMax   = 30 * time.Second
-	DefaultClaimGrace = DefaultHeartbeatInterval
-	DefaultDNSTTL     = 30 * time.Second
+	DefaultCacheTTL  = 5 * time.Second
+	DefaultCacheSize = 10000
+	DefaultTimeout   = 50 * time.Millisecond
+	DefaultStaleMax  = 30 * time.Second
+	DefaultHoldMax   = DefaultMemberTTL
+	DefaultDNSTTL    = 30 * time.Second
 )
 
 // Options configure a Registry. Zero values take the defaults above.
@@ -45,11 +45,10 @@ type Options struct {
 	// StaleMax is how old last known good data may be to answer when
 	// Valkey fails.
 	StaleMax time.Duration
-	// ClaimGrace holds off claim-on-miss and orphan reassignment after
-	// the registry was emptied, so pods get one heartbeat to re-assert
-	// their bindings (SPEC §3). Set it to the pods' heartbeat interval;
-	// a negative value disables the guard.
-	ClaimGrace time.Duration
+	// HoldMax bounds a recovery hold (recovery.go): a member that has not
+	// re-registered this long after a wipe is released as dead. Set it to
+	// the longest member TTL of the fleet.
+	HoldMax time.Duration
 	// DNSTTL is how long a hostname's resolution is reused.
 	DNSTTL time.Duration
 	// ProbeInterval is how often the registry proves its invalidation
@@ -83,8 +82,8 @@ func (o *Options) setDefaults() {
 	if o.StaleMax <= 0 {
 		o.StaleMax = DefaultStaleMax
 	}
-	if o.ClaimGrace == 0 {
-		o.ClaimGrace = DefaultClaimGrace
+	if o.HoldMax <= 0 {
+		o.HoldMax = DefaultHoldMax
 	}
 	if o.DNSTTL <= 0 {
 		o.DNSTTL = DefaultDNSTTL
@@ -127,8 +126,8 @@ type Registry struct {
 	flushGen atomic.Uint64
 	// memberGen moves when any member record changes, so candidate lists
 	// derived from member records are rebuilt.
-	memberGen    atomic.Uint64
-	epochSettled atomic.Bool
+	memberGen atomic.Uint64
+	recovery  *recovery
 	// base anchors monotonic timestamps; confirmed is the latest moment
 	// (mono) up to which every invalidation is known to have arrived.
 	base      time.Time
@@ -173,7 +172,8 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	if r.locks, err = lru.New[string, *lockEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: lock cache: %w", err)
 	}
-	r.probe = newProber(r) // before the client: the invalidation callback reads its key
+	r.probe = newProber(r) // before the client: the invalidation callback uses both
+	r.recovery = newRecovery(r)
 	co := opt.Client
 	co.DisableCache = false
 	co.ClientTrackingOptions = []string{"PREFIX", opt.Prefix + ":", "BCAST"}
@@ -189,15 +189,17 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	}
 	r.cleanup = newCleaner(r)
 	r.probe.start()
-	// Start the recovery clock early; failure here is not fatal, claims
-	// retry it.
-	_ = r.checkEpoch(ctx)
+	r.recovery.start()
+	// First contact: write the epoch now if Valkey answers; if it does not,
+	// the recovery loop and every negative decision retry it.
+	_ = r.recovery.verify(ctx)
 	return r, nil
 }
 
 // Close stops background work and closes the Valkey connections.
 func (r *Registry) Close() {
 	r.probe.stop()
+	r.recovery.stop()
 	r.cleanup.stop()
 	r.client.Close()
 }
@@ -217,7 +219,7 @@ func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 		r.invSeq.Add(1)
 		r.flushGen.Add(1)
 		r.memberGen.Add(1)
-		r.epochSettled.Store(false)
+		r.recovery.onFlush()
 		return
 	}
 	// Bump the sequence before marking: a concurrent load either sees the
@@ -258,8 +260,8 @@ func (r *Registry) invalidateKey(key string) {
 		if e := r.all.Load(); e != nil {
 			e.invalid.Store(true)
 		}
-	case key == r.keys.epoch():
-		r.epochSettled.Store(false)
+	case key == r.keys.recovery():
+		r.recovery.onFlush()
 	}
 }
 

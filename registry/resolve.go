@@ -51,9 +51,10 @@ func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (
 }
 
 func (r *Registry) routeSlow(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
-	if opt.ClaimOnMiss && !r.sets.Contains(destID) && r.claimsOpen() {
+	if opt.ClaimOnMiss && !r.sets.Contains(destID) && r.recovery.hold(ctx) == nil {
 		// First sight of this destination here: the claim script reads
-		// and, only if the set is empty, claims, all in one call.
+		// and, only if the set is empty, claims, all in one call. During a
+		// hold the set is read instead, so a present destination routes.
 		d, found, err := r.claim(ctx, destID, now)
 		if found == nil {
 			return d, err
@@ -124,14 +125,15 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 		}
 		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
+	g := r.recovery.begin(ctx)
 	ids, err := r.readSet(ctx, r.keys.dest(destID))
 	if err != nil {
 		return Decision{}, err
 	}
 	if len(ids) == 0 {
-		// Right after a registry wipe an empty set may just not be
-		// re-asserted yet: say "retry" rather than "no such destination".
-		if err := r.checkEpoch(ctx); err != nil {
+		// During a recovery hold an empty set may just not be re-asserted
+		// yet: "retry", not "no such destination".
+		if err := g.settle(ctx); err != nil {
 			return Decision{}, err
 		}
 		return Decision{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
@@ -144,11 +146,12 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 // already non-empty, in which case it returns that set as found (stored in
 // the cache like a read).
 func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d Decision, found *setEntry, err error) {
-	c, err := r.pickLive(ctx, destID, now)
-	if err != nil {
+	g := r.recovery.begin(ctx)
+	if err := g.settle(ctx); err != nil {
 		return Decision{}, nil, err
 	}
-	if err := r.checkEpoch(ctx); err != nil {
+	c, err := r.pickLive(ctx, destID, now)
+	if err != nil {
 		return Decision{}, nil, err
 	}
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
@@ -162,7 +165,11 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 		return Decision{}, nil, fmt.Errorf("%w: claim script returned nothing", ErrRegistryUnavailable)
 	}
 	if reply[0] == "claimed" {
+		r.log.Debug("destination claimed", "destination", destID, "member", c.ID)
 		r.sets.Remove(destID)
+		if err := r.heldSince(ctx, g, destID, c.ID); err != nil {
+			return Decision{}, nil, err
+		}
 		return Decision{Member: c, Result: ResultClaimed}, nil, nil
 	}
 	found = r.storeSet(reply[1:], seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) })
@@ -172,12 +179,16 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 // onOrphan handles a set whose members are all dead. Deadness is confirmed
 // against Valkey first: both answers (404 and reassignment) depend on it.
 func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, opt RouteOptions, now time.Time) (Decision, error) {
+	g := r.recovery.begin(ctx)
 	stillDead, alive, err := r.confirmDead(ctx, dead)
 	if err != nil {
 		return Decision{}, err
 	}
 	if len(alive) > 0 {
 		return r.pick(destID, alive, ResultHit)
+	}
+	if err := g.settle(ctx); err != nil {
+		return Decision{}, err
 	}
 	if !opt.ReassignOrphans {
 		return Decision{}, fmt.Errorf("%w: %q: every member is dead (%v)", ErrNotFound, destID, stillDead)
@@ -186,15 +197,16 @@ func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, o
 	if err != nil {
 		return Decision{}, err
 	}
-	if err := r.checkEpoch(ctx); err != nil {
-		return Decision{}, err
-	}
 	ids, err := r.runSetScript(ctx, reassignScript, r.keys.dest(destID), append([]string{c.ID}, stillDead...))
 	if err != nil {
 		return Decision{}, err
 	}
 	r.sets.Remove(destID)
 	if len(ids) == 1 && ids[0] == c.ID {
+		r.log.Debug("orphan reassigned", "destination", destID, "member", c.ID, "dead", stillDead)
+		if err := r.heldSince(ctx, g, destID, c.ID); err != nil {
+			return Decision{}, err
+		}
 		return Decision{Member: c, Result: ResultOrphanReassigned}, nil
 	}
 	return r.routeIDs(ctx, destID, ids, ResultHit, now)
@@ -203,12 +215,17 @@ func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, o
 // routeIDs routes among an explicit list of member ids (a set just read
 // or written by a script).
 func (r *Registry) routeIDs(ctx context.Context, destID string, ids []string, res Result, now time.Time) (Decision, error) {
+	g := r.recovery.begin(ctx)
 	ms, err := r.memberEntries(ctx, ids, now)
 	if err != nil {
 		return Decision{}, err
 	}
 	v := buildView(ms, 0, r.mono(now))
 	if len(v.live) == 0 {
+		// A re-asserted binding whose member record is not back yet.
+		if err := g.settle(ctx); err != nil {
+			return Decision{}, err
+		}
 		return Decision{}, fmt.Errorf("%w: %q: no live, routable member among %v", ErrNoCapacity, destID, ids)
 	}
 	return r.pick(destID, v.live, res)
@@ -226,6 +243,9 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 		return strategy.Candidate{}, err
 	}
 	if len(v.live) == 0 {
+		if err := r.recovery.hold(ctx); err != nil {
+			return strategy.Candidate{}, err // the members are expected back
+		}
 		return strategy.Candidate{}, fmt.Errorf("%w: no live member registered", ErrNoCapacity)
 	}
 	d, err := r.pick(destID, v.live, ResultHit)
@@ -288,35 +308,15 @@ func (r *Registry) runSetScript(ctx context.Context, s *valkey.Lua, key string, 
 	return ids, nil
 }
 
-// claimsOpen reports, without I/O, that no recovery grace is in force.
-func (r *Registry) claimsOpen() bool {
-	return r.opt.ClaimGrace < 0 || r.epochSettled.Load()
-}
-
-// checkEpoch refuses claims for ClaimGrace after the registry was emptied
-// (SPEC §3): a wiped registry looks exactly like one where nothing is
-// bound, and claiming then would hand a live pod's destinations to another
-// pod before the owner's next heartbeat re-asserts them.
-func (r *Registry) checkEpoch(ctx context.Context) error {
-	if r.claimsOpen() {
+// heldSince undoes a claim of destID for memberID and returns ErrRecovering
+// if a wipe may have happened while it was written (see recovery.go).
+func (r *Registry) heldSince(ctx context.Context, g guard, destID, memberID string) error {
+	if !g.changed() {
 		return nil
 	}
-	gen := r.flushGen.Load()
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
-	defer cancel()
-	v, err := epochScript.Exec(ctx, r.client, []string{r.keys.epoch()}, nil).AsIntSlice()
-	if err = r.valkeyErr(err); err != nil {
+	if err := r.recovery.hold(ctx); err != nil {
+		r.undoClaim(ctx, destID, memberID)
 		return err
 	}
-	if len(v) != 2 {
-		return fmt.Errorf("%w: epoch script returned %v", ErrRegistryUnavailable, v)
-	}
-	age := time.Duration(v[1]-v[0]) * time.Millisecond
-	if age >= r.opt.ClaimGrace {
-		if r.flushGen.Load() == gen {
-			r.epochSettled.Store(true)
-		}
-		return nil
-	}
-	return fmt.Errorf("%w (%s left)", ErrRecovering, (r.opt.ClaimGrace - age).Round(time.Millisecond))
+	return nil
 }

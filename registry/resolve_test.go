@@ -112,11 +112,7 @@ func TestResolutionTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			gen := r.flushGen.Load()
-			do(t, c, "FLUSHALL")
-			// Invalidations are asynchronous: wait for this one, as any
-			// request arriving a few hundred microseconds later would.
-			eventually(t, time.Second, "flush invalidation", func() bool { return r.flushGen.Load() != gen })
+			clearRegistry(t, r, c)
 			p := t.Name()[len("TestResolutionTable/"):] + "-"
 			p = p[:min(len(p), 40)]
 			p = sanitize(p)

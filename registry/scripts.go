@@ -33,17 +33,6 @@ end
 return redis.call('SMEMBERS', KEYS[1])
 `)
 
-// epochScript creates the registry epoch marker (server time in ms) if it
-// is missing and returns {epoch, now}, both from the server clock, so
-// coordinators with skewed clocks agree on how long ago the registry was
-// (re)started.
-var epochScript = valkey.NewLuaScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], now, 'NX')
-return {tonumber(redis.call('GET', KEYS[1])), now}
-`)
-
 // heartbeatScript refreshes a live member record: load and TTL. It returns
 // 0 without writing anything if the record is gone, so the member can
 // re-assert its bindings before it becomes live again.
@@ -55,6 +44,15 @@ redis.call('HSET', KEYS[1], 'load', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
+
+// registerSrc writes a member record and its TTL in one step (KEYS[1] =
+// P:member:<id>; ARGV = address, load, TTL ms), so a record never exists
+// without expiry. It is sent as EVAL in the registration pipeline.
+const registerSrc = `
+redis.call('HSET', KEYS[1], 'address', ARGV[1], 'load', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`
 
 // restoreLockSrc re-creates a lock record only if it is missing, so a
 // heartbeat's recovery never clobbers a newer record of the same lock.

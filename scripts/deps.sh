@@ -1,37 +1,69 @@
 #!/usr/bin/env bash
-# Installs what the tests need and the machine lacks: a valkey-server (or,
-# failing that, redis-server 7). Debian 12 as root: from bookworm-backports.
-# Elsewhere it says what to install and stops.
+# Installs what the tests need and the machine lacks: valkey-server and
+# valkey-sentinel (Valkey 8; Sentinel and Cluster tests need both), or, failing
+# that, redis-server/redis-sentinel 7. On Debian 12 as root they come from
+# bookworm-backports, added by reusing the Debian mirror that the machine's own
+# apt sources already name (deb822 .sources or one-line .list files): this
+# script never names a mirror host. Elsewhere it says what to install and stops.
 set -euo pipefail
 
-if command -v valkey-server >/dev/null 2>&1 || command -v redis-server >/dev/null 2>&1; then
-  exit 0
-fi
+have() { command -v "$1" >/dev/null 2>&1; }
+complete() {
+  { have valkey-server && have valkey-sentinel; } || { have redis-server && have redis-sentinel; }
+}
+complete && exit 0
 
 codename=""
 [ -r /etc/os-release ] && codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "deps: valkey-server is missing. Install Valkey 8 (or Redis >= 7) so that valkey-server" >&2
-  echo "      or redis-server is on PATH, e.g. on Debian 12 as root:" >&2
-  echo "      echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/bookworm-backports.list" >&2
-  echo "      apt-get update && apt-get install -y -t bookworm-backports valkey-server" >&2
+if [ "$(id -u)" != 0 ] || ! have apt-get; then
+  echo "deps: valkey-server and valkey-sentinel are needed. Install Valkey 8 (or Redis >= 7 with" >&2
+  echo "      redis-sentinel) so that they are on PATH; on Debian 12 as root, enable the" >&2
+  echo "      bookworm-backports suite of your mirror and run:" >&2
+  echo "      apt-get install -t bookworm-backports valkey-server valkey-sentinel" >&2
   exit 1
 fi
 
+# debian_mirror prints the URIs that apt already uses for the main Debian
+# archive (not -security) of bookworm, from deb822 files, then one-line lists.
+debian_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    awk '
+      function flush() { if (uri != "" && suites ~ / bookworm /) print uri; uri = ""; suites = "" }
+      /^[[:space:]]*$/ { flush(); next }
+      /^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { uri = $i; break } }
+      /^Suites:/ { suites = " "; for (i = 2; i <= NF; i++) suites = suites $i " " }
+      END { flush() }
+    ' "$f"
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -r "$f" ] || continue
+    awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { if ($(i+1) == "bookworm" && $i !~ /security/) print $i; break } }' "$f"
+  done
+}
+
 export DEBIAN_FRONTEND=noninteractive
 if [ "$codename" = bookworm ]; then
-  list=/etc/apt/sources.list.d/bookworm-backports.list
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$list"
+    mirror=$(debian_mirror | sed -n 1p)
+    if [ -z "$mirror" ]; then
+      echo "deps: no Debian mirror for bookworm found in /etc/apt/sources*; add bookworm-backports yourself" >&2
+      exit 1
+    fi
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$mirror" > /etc/apt/sources.list.d/coord-extproc-backports.sources
+    echo "deps: added bookworm-backports from the mirror apt already uses"
   fi
-  echo "deps: installing valkey-server from bookworm-backports"
-  if apt-get update -qq && apt-get install -y -qq -t bookworm-backports valkey-server >/dev/null; then
+  echo "deps: installing valkey-server and valkey-sentinel from bookworm-backports"
+  if apt-get update -qq && apt-get install -y -qq -t bookworm-backports valkey-server valkey-sentinel >/dev/null; then
     exit 0
   fi
-  echo "deps: bookworm-backports unavailable; falling back to redis-server from bookworm" >&2
-  apt-get install -y -qq redis-server >/dev/null
+  echo "deps: bookworm-backports unavailable; falling back to redis-server and redis-sentinel from bookworm" >&2
+  apt-get install -y -qq redis-server redis-sentinel >/dev/null
 else
   apt-get update -qq
-  apt-get install -y -qq valkey-server >/dev/null || apt-get install -y -qq redis-server >/dev/null
+  apt-get install -y -qq valkey-server valkey-sentinel >/dev/null ||
+    apt-get install -y -qq redis-server redis-sentinel >/dev/null
 fi
-command -v valkey-server >/dev/null 2>&1 || command -v redis-server >/dev/null 2>&1
+complete

@@ -116,8 +116,6 @@ func (b *bench) seed(ctx context.Context) error {
 		_ = add(c.B().Sadd().Key("coordinator:members").Member(id).Build())
 		_ = add(c.B().Hset().Key("coordinator:member:"+id).FieldValue().FieldValue("address", fmt.Sprintf("http://127.0.0.1:%d", 7000+p)).FieldValue("load", fmt.Sprint(p)).Build())
 	}
-	// A registry that has been up for a while: no recovery grace.
-	_ = add(c.B().Set().Key("coordinator:registry-epoch").Value("1").Build())
 	for i := 0; i < b.sz.dests; i++ {
 		if err := add(c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:dest-%d", i)).Member(fmt.Sprintf("pod-%d", i%5)).Build()); err != nil {
 			return err

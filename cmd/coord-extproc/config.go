@@ -31,7 +31,7 @@ type Config struct {
 	CacheSize        int
 	ValkeyTimeout    time.Duration
 	StaleMax         time.Duration
-	ClaimGrace       time.Duration
+	RecoveryHoldMax  time.Duration
 	MetricsListen    string
 	LogLevel         string
 	LogFormat        string
@@ -51,7 +51,7 @@ func defaultConfig() Config {
 		CacheSize:        registry.DefaultCacheSize,
 		ValkeyTimeout:    registry.DefaultTimeout,
 		StaleMax:         registry.DefaultStaleMax,
-		ClaimGrace:       registry.DefaultClaimGrace,
+		RecoveryHoldMax:  registry.DefaultHoldMax,
 		MetricsListen:    "127.0.0.1:9090",
 		LogLevel:         "info",
 		LogFormat:        "json",
@@ -96,8 +96,8 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.CacheSize, n, c.CacheSize, u) }},
 		{"stale-max", "COORD_STALE_MAX", "while Valkey fails, answer from last known good data up to this age, then 503",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.StaleMax, n, c.StaleMax, u) }},
-		{"claim-grace", "COORD_CLAIM_GRACE", "after the registry was emptied, hold claims for this long so pods can re-assert (set to the pods' heartbeat interval; negative disables)",
-			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ClaimGrace, n, c.ClaimGrace, u) }},
+		{"recovery-hold-max", "COORD_RECOVERY_HOLD_MAX", "upper bound of a recovery hold after an observed registry wipe: members not re-registered by then count as dead (set to the longest member TTL)",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.RecoveryHoldMax, n, c.RecoveryHoldMax, u) }},
 		{"metrics-listen", "COORD_METRICS_LISTEN", "HTTP address for /metrics and /healthz; empty disables",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.MetricsListen, n, c.MetricsListen, u) }},
 		{"log-format", "COORD_LOG_FORMAT", "json or text",
@@ -166,7 +166,7 @@ func (c *Config) Validate() error {
 	if c.EndpointHeader == "" || strings.ToLower(c.EndpointHeader) != c.EndpointHeader || strings.HasPrefix(c.EndpointHeader, "x-envoy-") || strings.HasPrefix(c.EndpointHeader, ":") {
 		errs = append(errs, fmt.Errorf("--endpoint-header %q: must be a lower-case header name, not x-envoy-* (ext_proc may not set those) nor a pseudo-header", c.EndpointHeader))
 	}
-	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
+	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}

@@ -37,7 +37,7 @@ func inspect(ctx context.Context, cmd string, cfg *Config, args []string, getenv
 	if err != nil {
 		return fmt.Errorf("--valkey: %w", err)
 	}
-	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: cfg.ValkeyTimeout, ClaimGrace: -1, Logger: cfg.logger(stderr)})
+	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: cfg.ValkeyTimeout, Logger: cfg.logger(stderr)})
 	if err != nil {
 		return err
 	}

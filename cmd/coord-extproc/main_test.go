@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,28 +21,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/coord-extproc/coord-extproc/internal/logbuf"
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 )
 
 func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 
-// syncBuffer is an io.Writer safe for the server's logger and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = logbuf.Buffer
 
 func TestHelpListsEveryFlagWithItsEnvTwin(t *testing.T) {
 	var out bytes.Buffer

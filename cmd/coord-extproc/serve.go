@@ -49,7 +49,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	reg, err := connect(ctx, registry.Options{
 		Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 		CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-		StaleMax: cfg.StaleMax, ClaimGrace: cfg.ClaimGrace, Logger: log,
+		StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log,
 	}, log)
 	if errors.Is(err, context.Canceled) {
 		log.Info("stopped before valkey was reachable")

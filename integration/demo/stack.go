@@ -59,7 +59,7 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 	grpcAddr, metrics := freeAddr(), freeAddr()
 	s.metrics = metrics
 	if _, err := s.start("coord-extproc", grpcAddr, filepath.Join(o.bins, "coord-extproc"), "--listen", grpcAddr, "--metrics-listen", metrics,
-		"--valkey", s.valkey.URL(), "--routes", o.routes, "--claim-grace", "600ms", "--log-format", "text"); err != nil {
+		"--valkey", s.valkey.URL(), "--routes", o.routes, "--recovery-hold-max", "3s", "--log-format", "text"); err != nil {
 		return s, err
 	}
 	if err := waitFor(ctx, 10*time.Second, func() bool { return status("http://"+metrics+"/healthz") == 200 }); err != nil {
@@ -88,10 +88,6 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 		return s, err
 	}
 	s.gateway = "http://" + listen
-	// A brand-new registry holds claims for --claim-grace.
-	if err := waitFor(ctx, 10*time.Second, func() bool { return !strings.Contains(get(s.gateway+"/sessions/warmup/keys/x"), "Registry recovering") }); err != nil {
-		return s, err
-	}
 	fmt.Fprintf(out, "gateway listening on %s\n", s.gateway)
 	return s, nil
 }
