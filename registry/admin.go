@@ -43,7 +43,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 	if err != nil {
 		return Binding{}, err
 	}
-	v := buildView(ms, 0, r.mono(now))
+	v := r.buildView(ms, 0, nil)
 	if len(v.live) == 0 && len(v.unroutable) == 0 {
 		// Only dead members: a delete would decide against them.
 		if err := g.settle(ctx); err != nil {

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,25 +23,30 @@ type freshness struct {
 	fetched  int64 // monotonic nanoseconds since the registry started (Registry.mono)
 	flushGen uint64
 	invalid  atomic.Bool
+	slot     uint16 // its key's Cluster slot and the lane that held it (shards.go)
+	lane     int32
 }
 
 // mono turns a time into monotonic nanoseconds since New; int64 instead of
 // time.Time keeps every cached entry 16 bytes smaller.
 func (r *Registry) mono(now time.Time) int64 { return int64(now.Sub(r.base)) }
 
-// age is how long ago data read at fetched was last known current: the
-// read itself, or a later tracking probe that proved no invalidation for
-// it was pending (see probe.go).
-func (r *Registry) age(fetched int64, now time.Time) time.Duration {
-	return time.Duration(r.mono(now) - max(fetched, r.confirmed.Load()))
+// age is how long ago an entry was last known current: its read, or a
+// later tracking probe of its own lane that proved no invalidation for it
+// was pending (see probe.go and shards.go).
+func (r *Registry) age(f *freshness, now time.Time) time.Duration {
+	return time.Duration(r.mono(now) - max(f.fetched, r.shards.confirmedFor(f.slot, f.lane)))
 }
 
 func (r *Registry) fresh(f *freshness, now time.Time) bool {
-	return !f.invalid.Load() && f.flushGen == r.flushGen.Load() && r.age(f.fetched, now) < r.opt.CacheTTL
+	return !f.invalid.Load() && f.flushGen == r.flushGen.Load() && r.shards.current(f) && r.age(f, now) < r.opt.CacheTTL
 }
 
-func (r *Registry) stamp(f *freshness, now time.Time, flushGen uint64) {
+// stamp records when and where (flush generation, slot, lane) the entry
+// for key was read.
+func (r *Registry) stamp(f *freshness, now time.Time, flushGen uint64, key string) {
 	f.fetched, f.flushGen = r.mono(now), flushGen
+	f.slot, f.lane = r.shards.place(key)
 }
 
 // setEntry is a cached destination set (or the members set). Entries with
@@ -62,14 +68,27 @@ type idset struct {
 // It is rebuilt when any member record changes (memberGen).
 type setView struct {
 	memberGen  uint64
-	confirmed  int64 // when the oldest member record in it was read (mono)
+	shardGen   uint64 // shards.gen when built: a slot move rebuilds it
+	fetched    int64  // when the oldest record in it was read (mono)
+	lanes      uint64 // the lanes its records were read from
+	noLane     bool   // a record came from a slot no known master held
 	live       []strategy.Candidate
 	dead       []string
 	unroutable []string
 }
 
 func (r *Registry) usable(v *setView, gen uint64, now time.Time) bool {
-	return v != nil && v.memberGen == gen && r.age(v.confirmed, now) < r.opt.CacheTTL
+	return v != nil && v.memberGen == gen && v.shardGen == r.shards.gen.Load() && r.viewAge(v, now) < r.opt.CacheTTL
+}
+
+// viewAge is how long ago every record of v was last known current: no
+// later than its oldest read or its least recently confirmed lane.
+func (r *Registry) viewAge(v *setView, now time.Time) time.Duration {
+	conf := r.shards.oldest(v.lanes)
+	if v.noLane {
+		conf = math.MinInt64
+	}
+	return time.Duration(r.mono(now) - max(v.fetched, conf))
 }
 
 type memberEntry struct {
@@ -113,21 +132,38 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
 	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
 	defer cancel()
-	ids, err := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL).AsStrSlice()
+	res := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
+	ids, err := res.AsStrSlice()
 	if err = r.valkeyErr(err); err != nil {
 		return nil, err
 	}
-	return r.storeSet(ids, seq, gen, now, store), nil
+	return r.storeSet(key, ids, seq, gen, r.readAt(res, now), store), nil
+}
+
+// readAt is when the server produced res: now for a reply that came over
+// the wire; for one valkey-go served from its client-side cache, when
+// valkey-go read it (its remaining cache TTL tells how long ago, at worst
+// earlier). Stamping a cached copy with now would let it outlive CacheTTL,
+// or its shard (a hung master answers nothing, but its copies do).
+func (r *Registry) readAt(res valkey.ValkeyResult, now time.Time) time.Time {
+	if !res.IsCacheHit() {
+		return now
+	}
+	left := time.Duration(res.CachePTTL()) * time.Millisecond
+	if left < 0 {
+		return now.Add(-r.opt.CacheTTL)
+	}
+	return now.Add(-(r.opt.CacheTTL - min(left, r.opt.CacheTTL)))
 }
 
 // storeSet caches ids read while the invalidation sequence was seq. The
 // sequence is checked after storing: an invalidation that raced with the
 // read leaves the entry marked for re-validation instead of trusted for a
 // whole TTL.
-func (r *Registry) storeSet(ids []string, seq, gen uint64, now time.Time, store func(*setEntry)) *setEntry {
+func (r *Registry) storeSet(key string, ids []string, seq, gen uint64, now time.Time, store func(*setEntry)) *setEntry {
 	slices.Sort(ids)
 	e := &setEntry{set: r.shared.intern(ids)}
-	r.stamp(&e.freshness, now, gen)
+	r.stamp(&e.freshness, now, gen, key)
 	store(e)
 	if r.invSeq.Load() != seq {
 		e.invalid.Store(true)
@@ -193,7 +229,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		} else {
 			e = r.memberFromFields(ctx, ids[i], fields)
 		}
-		r.stamp(&e.freshness, now, gen)
+		r.stamp(&e.freshness, r.readAt(results[j], now), gen, r.keys.member(ids[i]))
 		r.members.Add(ids[i], e)
 		out[i] = e
 	}
@@ -238,15 +274,28 @@ func (r *Registry) viewOf(ctx context.Context, e *setEntry, now time.Time) (*set
 	if err != nil {
 		return nil, err
 	}
-	v := buildView(ms, gen, e.fetched)
+	v := r.buildView(ms, gen, &e.freshness)
 	e.set.view.Store(v)
 	return v, nil
 }
 
-func buildView(ms []*memberEntry, gen uint64, setFetched int64) *setView {
-	v := &setView{memberGen: gen, confirmed: setFetched}
+// buildView splits ms by state; set is the set entry they came from (nil
+// for an explicit list), whose read counts towards the view's age.
+func (r *Registry) buildView(ms []*memberEntry, gen uint64, set *freshness) *setView {
+	v := &setView{memberGen: gen, shardGen: r.shards.gen.Load(), fetched: math.MaxInt64}
+	add := func(f *freshness) {
+		v.fetched = min(v.fetched, f.fetched)
+		if f.lane < 0 || f.lane >= maxLanes {
+			v.noLane = true
+		} else {
+			v.lanes |= 1 << f.lane
+		}
+	}
+	if set != nil {
+		add(set)
+	}
 	for _, m := range ms {
-		v.confirmed = min(v.confirmed, m.fetched)
+		add(&m.freshness)
 		switch {
 		case !m.live:
 			v.dead = append(v.dead, m.id)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/valkey-io/valkey-go"
 )
 
 type lockEntry struct {
@@ -11,6 +13,7 @@ type lockEntry struct {
 	exists bool
 	podID  string
 	destID string
+	res    valkey.ValkeyResult // the reply it was read from (for its read time)
 }
 
 // RouteLock returns the pod holding lockID. Errors wrap ErrInvalidID,
@@ -88,7 +91,7 @@ func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time)
 	if err != nil {
 		return nil, err
 	}
-	r.stamp(&l.freshness, now, gen)
+	r.stamp(&l.freshness, r.readAt(l.res, now), gen, r.keys.lock(lockID))
 	r.locks.Add(lockID, l)
 	if r.invSeq.Load() != seq {
 		l.invalid.Store(true)
@@ -102,28 +105,28 @@ func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*l
 	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
 	defer cancel()
 	key := r.keys.lock(lockID)
-	var fields map[string]string
-	var err error
+	var res valkey.ValkeyResult
 	if cached {
-		fields, err = r.client.DoCache(ctx, r.client.B().Hgetall().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL).AsStrMap()
+		res = r.client.DoCache(ctx, r.client.B().Hgetall().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
 	} else {
-		fields, err = r.client.Do(ctx, r.client.B().Hgetall().Key(key).Build()).AsStrMap()
+		res = r.client.Do(ctx, r.client.B().Hgetall().Key(key).Build())
 	}
+	fields, err := res.AsStrMap()
 	if err = r.valkeyErr(err); err != nil {
 		return nil, err
 	}
-	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest]}, nil
+	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest], res: res}, nil
 }
 
 // staleLock answers from the last known lock and owner records when Valkey
 // failed, if both are younger than StaleMax.
 func (r *Registry) staleLock(lockID string, now time.Time, cause error) (Decision, error) {
 	l, ok := r.locks.Peek(lockID)
-	if !ok || !l.exists || r.age(l.fetched, now) >= r.opt.StaleMax {
+	if !ok || !l.exists || r.age(&l.freshness, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	m, ok := r.members.Peek(l.podID)
-	if !ok || !m.live || m.addr == "" || r.age(m.fetched, now) >= r.opt.StaleMax {
+	if !ok || !m.live || m.addr == "" || r.age(&m.freshness, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	r.stats.StaleAnswers.Add(1)

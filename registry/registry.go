@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"strings"
 	"sync"
@@ -25,6 +24,9 @@ const (
 	DefaultStaleMax  = 30 * time.Second
 	DefaultHoldMax   = DefaultMemberTTL
 	DefaultDNSTTL    = 30 * time.Second
+	// DefaultConnTimeout bounds how long a connection may hang before it
+	// is dropped (valkey-go ConnWriteTimeout), unless the URL sets one.
+	DefaultConnTimeout = time.Second
 )
 
 // Options configure a Registry. Zero values take the defaults above.
@@ -128,12 +130,12 @@ type Registry struct {
 	// derived from member records are rebuilt.
 	memberGen atomic.Uint64
 	recovery  *recovery
-	// base anchors monotonic timestamps; confirmed is the latest moment
-	// (mono) up to which every invalidation is known to have arrived.
-	base      time.Time
-	confirmed atomic.Int64
-	probe     *prober
-	shared    shared
+	// base anchors monotonic timestamps.
+	base     time.Time
+	shards   *shards
+	probe    *prober
+	reporter *reporter
+	shared   shared
 
 	stats     Stats
 	cleanup   *cleaner
@@ -143,7 +145,7 @@ type Registry struct {
 
 // Stats are cumulative counters for metrics.
 type Stats struct {
-	CacheHits, CacheMisses, ValkeyErrors, StaleAnswers atomic.Uint64
+	CacheHits, CacheMisses, ValkeyErrors, StaleAnswers, MalformedRecords atomic.Uint64
 }
 
 // New connects to Valkey and returns a Registry. It enables broadcast
@@ -161,7 +163,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		base:    opt.Now(),
 		shared:  shared{sets: map[string]*idset{}},
 	}
-	r.confirmed.Store(math.MinInt64)
+	r.shards = newShards()
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: destination cache: %w", err)
@@ -184,9 +186,16 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		// would dwarf them (valkey-go opens several connections).
 		co.CacheSizeEachConn = 1 << 20
 	}
+	if co.ConnWriteTimeout == 0 {
+		// valkey-go's default (10 s) keeps a hung connection, and with it
+		// a hung master's answers, for ten seconds.
+		co.ConnWriteTimeout = DefaultConnTimeout
+	}
 	if r.client, err = valkey.NewClient(co); err != nil {
 		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
 	}
+	r.shards.cluster.Store(r.client.Mode() == valkey.ClientModeCluster)
+	r.reporter = newReporter(r)
 	r.cleanup = newCleaner(r)
 	r.probe.start()
 	r.recovery.start()
@@ -199,6 +208,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 // Close stops background work and closes the Valkey connections.
 func (r *Registry) Close() {
 	r.probe.stop()
+	r.reporter.stop()
 	r.recovery.stop()
 	r.cleanup.stop()
 	r.client.Close()
@@ -273,9 +283,12 @@ func (r *Registry) valkeyErr(err error) error {
 		return nil
 	}
 	if ve, ok := valkey.IsValkeyErr(err); ok && strings.HasPrefix(ve.Error(), "WRONGTYPE") {
+		r.stats.MalformedRecords.Add(1)
+		r.reporter.note(err)
 		return fmt.Errorf("%w: %w", ErrMalformedRecord, err)
 	}
 	r.stats.ValkeyErrors.Add(1)
+	r.reporter.note(err)
 	return fmt.Errorf("%w: %w", ErrRegistryUnavailable, err)
 }
 

@@ -95,7 +95,7 @@ func (r *Registry) stale(destID string, e *setEntry, now time.Time, cause error)
 		return Decision{}, cause
 	}
 	v := e.set.view.Load()
-	if v == nil || len(v.live) == 0 || r.age(v.confirmed, now) >= r.opt.StaleMax {
+	if v == nil || len(v.live) == 0 || r.viewAge(v, now) >= r.opt.StaleMax {
 		return Decision{}, cause
 	}
 	c, ok := r.opt.Strategy.Pick(destID, v.live)
@@ -172,7 +172,7 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 		}
 		return Decision{Member: c, Result: ResultClaimed}, nil, nil
 	}
-	found = r.storeSet(reply[1:], seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) })
+	found = r.storeSet(r.keys.dest(destID), reply[1:], seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) })
 	return Decision{}, found, nil
 }
 
@@ -220,7 +220,7 @@ func (r *Registry) routeIDs(ctx context.Context, destID string, ids []string, re
 	if err != nil {
 		return Decision{}, err
 	}
-	v := buildView(ms, 0, r.mono(now))
+	v := r.buildView(ms, 0, nil)
 	if len(v.live) == 0 {
 		// A re-asserted binding whose member record is not back yet.
 		if err := g.settle(ctx); err != nil {

@@ -20,11 +20,14 @@ var ErrNoBinary = errors.New("neither valkey-server nor redis-server is on PATH:
 
 // Server is one valkey-server process.
 type Server struct {
-	bin  string
-	dir  string
-	port int
-	cmd  *exec.Cmd
-	done chan struct{}
+	bin   string
+	dir   string
+	port  int
+	extra []string // arguments after the defaults (cluster, replication)
+	conf  string   // a Sentinel's config file, else empty
+	pause bool     // SIGSTOPped
+	cmd   *exec.Cmd
+	done  chan struct{}
 }
 
 // Binary returns the path of valkey-server or, failing that, redis-server.
@@ -40,6 +43,12 @@ func Binary() (string, error) {
 // Start runs a server in dir (created if needed) on a free loopback port
 // (port 0) or the given one, and waits until it answers PING.
 func Start(dir string, port int) (*Server, error) {
+	return startServer(dir, port, nil, false)
+}
+
+// startServer starts a server with extra arguments; busPort asks for a
+// port whose cluster bus port (+10000) is free too.
+func startServer(dir string, port int, extra []string, busPort bool) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -47,10 +56,10 @@ func Start(dir string, port int) (*Server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin, dir: dir, port: port}
+	s := &Server{bin: bin, dir: dir, port: port, extra: extra}
 	for attempt := 0; attempt < 5; attempt++ {
 		if port == 0 {
-			if s.port, err = freePort(); err != nil {
+			if s.port, err = freePort(busPort); err != nil {
 				return nil, err
 			}
 		}
@@ -74,10 +83,18 @@ func (s *Server) Version() string {
 }
 
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
-		"--logfile", "server.log")
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf, "--sentinel")
+	}
+	args = append(args, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--daemonize", "no", "--protected-mode", "no", "--logfile", "server.log")
+	if s.conf == "" {
+		// No diskless-sync delay: a replica is in sync in milliseconds, not
+		// after the default 5 s wait for other replicas.
+		args = append(args, "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0")
+	}
+	cmd := exec.Command(s.bin, append(args, s.extra...)...)
 	cmd.Dir = s.dir
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)
@@ -140,7 +157,7 @@ func (s *Server) Stop() {
 	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process cannot die of SIGTERM
 	_ = s.cmd.Process.Kill()
 	<-s.done
-	s.cmd = nil
+	s.cmd, s.pause = nil, false
 }
 
 // Restart stops the server and starts a new, empty one on the same port.
@@ -157,10 +174,19 @@ func (s *Server) Restart() error {
 }
 
 // Pause freezes the server (SIGSTOP): connections stay open, nothing answers.
-func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+func (s *Server) Pause() error {
+	s.pause = true
+	return s.signal(syscall.SIGSTOP)
+}
 
 // Resume undoes Pause.
-func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+func (s *Server) Resume() error {
+	s.pause = false
+	return s.signal(syscall.SIGCONT)
+}
+
+// Running reports whether the process is up and not paused.
+func (s *Server) Running() bool { return s.cmd != nil && !s.pause }
 
 func (s *Server) signal(sig syscall.Signal) error {
 	if s.cmd == nil {
@@ -169,13 +195,28 @@ func (s *Server) signal(sig syscall.Signal) error {
 	return s.cmd.Process.Signal(sig)
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
+// freePort finds a free loopback port; with bus, one whose cluster bus
+// port (port+10000) is free as well.
+func freePort(bus bool) (int, error) {
+	for attempt := 0; attempt < 50; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find a free port: %w", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !bus {
+			return p, nil
+		}
+		if p+10000 > 65535 {
+			continue
+		}
+		if b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+10000))); err == nil {
+			b.Close()
+			return p, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("find a free port pair for a cluster node: none after 50 tries")
 }
 
 func lastLines(s string, n int) string {
@@ -184,4 +225,17 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// WaitReplicaSynced waits until the server, a replica, has its link to the
+// master up.
+func (s *Server) WaitReplicaSynced(within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if out, err := s.CLI("INFO", "replication"); err == nil && strings.Contains(out, "master_link_status:up") {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("replica %s not in sync with its master within %s", s.Addr(), within)
 }
