@@ -52,10 +52,11 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 	reg.MustRegister(m.decisions, m.latency, m.authzLifecycle, m.panics, m.streams)
 	if stats != nil {
 		for name, c := range map[string]func() uint64{
-			"coord_extproc_cache_hits_total":    stats.CacheHits.Load,
-			"coord_extproc_cache_misses_total":  stats.CacheMisses.Load,
-			"coord_extproc_valkey_errors_total": stats.ValkeyErrors.Load,
-			"coord_extproc_stale_answers_total": stats.StaleAnswers.Load,
+			"coord_extproc_cache_hits_total":        stats.CacheHits.Load,
+			"coord_extproc_cache_misses_total":      stats.CacheMisses.Load,
+			"coord_extproc_valkey_errors_total":     stats.ValkeyErrors.Load,
+			"coord_extproc_stale_answers_total":     stats.StaleAnswers.Load,
+			"coord_extproc_malformed_records_total": stats.MalformedRecords.Load,
 		} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
 				func() float64 { return float64(c()) }))
@@ -65,10 +66,11 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 }
 
 var counterHelp = map[string]string{
-	"coord_extproc_cache_hits_total":    "Resolutions answered from memory with no Valkey round trip.",
-	"coord_extproc_cache_misses_total":  "Resolutions that needed Valkey.",
-	"coord_extproc_valkey_errors_total": "Valkey calls that failed or timed out.",
-	"coord_extproc_stale_answers_total": "Answers served from last known good data while Valkey failed.",
+	"coord_extproc_cache_hits_total":        "Resolutions answered from memory with no Valkey round trip.",
+	"coord_extproc_cache_misses_total":      "Resolutions that needed Valkey.",
+	"coord_extproc_valkey_errors_total":     "Valkey calls that failed or timed out.",
+	"coord_extproc_stale_answers_total":     "Answers served from last known good data while Valkey failed.",
+	"coord_extproc_malformed_records_total": "Registry keys holding the wrong type of value (written by hand?).",
 }
 
 func (m *Metrics) decision(api, action, result string) {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -33,11 +34,17 @@ func (s *stack) mustCreate(gw int, tenant string) string {
 	return a.servedBy
 }
 
-// 1. Create a tenant; reads and writes land on its pod; delete unbinds it.
+// 1. Create a tenant; reads and writes land on its pod; delete unbinds it;
+// against every Valkey deployment (SPEC §4).
 func TestCreateReadWriteDelete(t *testing.T) {
-	for _, cfg := range []string{"envoy.yaml", "envoy-ext-authz.yaml"} {
-		t.Run(cfg, func(t *testing.T) {
-			eachGateway(t, stackOptions{config: cfg}, func(t *testing.T, s *stack) {
+	for _, tc := range []struct{ cfg, deployment string }{
+		{"envoy.yaml", ""}, {"envoy-ext-authz.yaml", ""}, {"envoy.yaml", "sentinel"}, {"envoy.yaml", "cluster"},
+	} {
+		t.Run(strings.TrimSuffix(tc.cfg+"/"+tc.deployment, "/"), func(t *testing.T) {
+			if tc.deployment != "" {
+				t.Parallel()
+			}
+			eachGateway(t, stackOptions{config: tc.cfg, deployment: tc.deployment}, func(t *testing.T, s *stack) {
 				owner := s.mustCreate(0, "acme")
 				if got := s.smembers("coordinator:destination:acme"); !slices.Equal(got, []string{owner}) {
 					t.Fatalf("binding %v, want [%s]", got, owner)
@@ -88,7 +95,13 @@ func TestClaimOnMissSpreads(t *testing.T) {
 // 3. Transactions are served by the lock owner; outside reads do not see
 // uncommitted data; commit and rollback; unknown lock is 404.
 func TestTransactions(t *testing.T) {
-	eachGateway(t, stackOptions{}, func(t *testing.T, s *stack) {
+	for _, deployment := range []string{"", "cluster"} {
+		t.Run("valkey="+deployment, func(t *testing.T) { transactions(t, deployment) })
+	}
+}
+
+func transactions(t *testing.T, deployment string) {
+	eachGateway(t, stackOptions{deployment: deployment}, func(t *testing.T, s *stack) {
 		owner := s.mustCreate(0, "bank")
 		s.do(0, "PUT", "/tenants/bank/keys/balance", "100")
 		begin := s.do(0, "POST", "/tenants/bank/transactions", "")
@@ -207,7 +220,18 @@ func TestFanOut(t *testing.T) {
 // 6. Two replicas route every destination to the same pods; a delete
 // through one is a 404 through the other without waiting for any TTL.
 func TestTwoReplicas(t *testing.T) {
-	eachGateway(t, stackOptions{replicas: 2}, func(t *testing.T, s *stack) {
+	for _, deployment := range []string{"", "sentinel", "cluster"} {
+		t.Run("valkey="+deployment, func(t *testing.T) {
+			if deployment != "" {
+				t.Parallel()
+			}
+			twoReplicas(t, deployment)
+		})
+	}
+}
+
+func twoReplicas(t *testing.T, deployment string) {
+	eachGateway(t, stackOptions{replicas: 2, deployment: deployment}, func(t *testing.T, s *stack) {
 		for i := 0; i < 10; i++ {
 			path := fmt.Sprintf("/sessions/r%d/keys/x", i)
 			a, b := s.do(0, "PUT", path, "1"), s.do(1, "GET", path, "")

@@ -131,11 +131,15 @@ type stackOptions struct {
 	podTTL    time.Duration
 	heartbeat time.Duration
 	fanoutCap int
+	// deployment is the Valkey deployment: "" (standalone), "sentinel" or
+	// "cluster".
+	deployment string
 }
 
 type stack struct {
 	t      *testing.T
-	valkey *valkeytest.Server
+	valkey *valkeytest.Server // standalone deployments only
+	url    string             // the Valkey URL every process uses
 	raw    valkey.Client
 	coords []*coord
 	pods   map[string]*pod
@@ -170,8 +174,17 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.gateway == "envoy" && os.Getenv("ENVOY_BIN") == "" {
 		t.Skip("ENVOY_BIN is not set: this case's real-Envoy run is skipped (the stand-in run above covers it)")
 	}
-	s := &stack{t: t, valkey: valkeytest.Start(t), pods: map[string]*pod{}, client: &http.Client{Timeout: 5 * time.Second}}
-	s.raw = s.valkey.Client(t)
+	s := &stack{t: t, pods: map[string]*pod{}, client: &http.Client{Timeout: 5 * time.Second}}
+	switch o.deployment {
+	case "cluster":
+		s.url = valkeytest.StartCluster(t).URL()
+	case "sentinel":
+		s.url = valkeytest.StartSentinels(t).URL()
+	default:
+		s.valkey = valkeytest.Start(t)
+		s.url = s.valkey.URL()
+	}
+	s.raw = valkeytest.ClientFor(t, s.url)
 	for i := 0; i < 3; i++ {
 		s.startPod(fmt.Sprintf("pod-%d", i+1), o)
 	}
@@ -187,7 +200,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 func (s *stack) startCoord(o stackOptions, i int) *coord {
 	c := &coord{grpc: freeAddr(s.t), metrics: freeAddr(s.t)}
 	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
-		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.valkey.URL(),
+		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url,
 		"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
 		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text")
 	s.coords = append(s.coords, c)
@@ -197,7 +210,7 @@ func (s *stack) startCoord(o stackOptions, i int) *coord {
 func (s *stack) startPod(id string, o stackOptions) *pod {
 	s.t.Helper()
 	p := &pod{id: id, addr: freeAddr(s.t)}
-	args := []string{"--listen", p.addr, "--id", id, "--valkey", s.valkey.URL(), "--ttl", o.podTTL.String(), "--heartbeat", o.heartbeat.String()}
+	args := []string{"--listen", p.addr, "--id", id, "--valkey", s.url, "--ttl", o.podTTL.String(), "--heartbeat", o.heartbeat.String()}
 	if o.fanoutCap > 0 {
 		args = append(args, "--fanout-cap", fmt.Sprint(o.fanoutCap), "--fanout-hold", "200ms")
 	}

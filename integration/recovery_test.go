@@ -36,7 +36,7 @@ func TestFirstContactEndToEnd(t *testing.T) {
 				}))
 				t.Cleanup(upstream.Close)
 				s := &stack{t: t, valkey: valkeytest.Start(t), pods: map[string]*pod{}, client: &http.Client{Timeout: 5 * time.Second}}
-				s.raw = s.valkey.Client(t)
+				s.url, s.raw = s.valkey.URL(), s.valkey.Client(t)
 				// Exactly the commands of @platformatic/coordinator's Member.
 				node := func(args ...string) { valkeytest.Do(t, s.raw, args...) }
 				node("SADD", "coordinator:members", "pod-a")

@@ -28,6 +28,9 @@ var (
 	// ErrMalformedRecord: a registry key holds the wrong type of value
 	// (someone wrote it by hand); not transient, not "not found".
 	ErrMalformedRecord = errors.New("malformed registry record")
+	// ErrSentinelAddress: the Valkey URL names a Sentinel without a master
+	// set, so the client would talk to the Sentinel as if it held data.
+	ErrSentinelAddress = errors.New("the Valkey URL points at a Sentinel but has no ?master_set=NAME")
 	// ErrBadAddress: a member address that cannot be turned into IP:port.
 	ErrBadAddress = errors.New("unroutable member address")
 )

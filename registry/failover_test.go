@@ -246,8 +246,8 @@ func runFailover(t *testing.T, d *deployment, graceful, strict bool, fault func(
 		}
 	}
 	log.mu.Unlock()
-	t.Logf("%s: promoted after %s; replicas read the new master %v after that; %d fresh answers for the failed shard after TTL; shard writable %s after the fault; rebind seen by replicas after %v; %d answers: %d hit, %d stale, %d registry errors; old member after rebind+100ms: %d hit, %d stale",
-		d.mode, promoted.Sub(faulted).Round(time.Millisecond), reached, freshTooLate, rebound.Sub(faulted).Round(time.Millisecond), seen, hits+stale+failed, hits, stale, failed, oldHitsAfter, oldStaleAfter)
+	t.Logf("%s (%s): promoted after %s; replicas read the new master %v after that; %d fresh answers for the failed shard after TTL; shard writable %s after the fault; rebind seen by replicas after %v; %d answers: %d hit, %d stale, %d registry errors; old member after rebind+100ms: %d hit, %d stale",
+		t.Name(), d.mode, promoted.Sub(faulted).Round(time.Millisecond), reached, freshTooLate, rebound.Sub(faulted).Round(time.Millisecond), seen, hits+stale+failed, hits, stale, failed, oldHitsAfter, oldStaleAfter)
 	if freshTooLate > 0 {
 		t.Errorf("%d answers for the failed shard were served as fresh more than the cache TTL after the fault", freshTooLate)
 	}

@@ -59,6 +59,9 @@ type Options struct {
 	ProbeInterval time.Duration
 	// Logger receives warnings (junk addresses, clean-up failures).
 	Logger *slog.Logger
+	// Stats receives the counters (a new set when nil), so metrics can be
+	// registered before Valkey is reachable.
+	Stats *Stats
 	// Now and LookupHost are injected by tests; defaults time.Now and
 	// net.DefaultResolver.LookupHost.
 	Now        func() time.Time
@@ -95,6 +98,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Stats == nil {
+		o.Stats = &Stats{}
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -137,7 +143,7 @@ type Registry struct {
 	reporter *reporter
 	shared   shared
 
-	stats     Stats
+	stats     *Stats
 	cleanup   *cleaner
 	badAddrMu sync.Mutex
 	badAddr   map[string]struct{}
@@ -162,6 +168,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		badAddr: make(map[string]struct{}),
 		base:    opt.Now(),
 		shared:  shared{sets: map[string]*idset{}},
+		stats:   opt.Stats,
 	}
 	r.shards = newShards()
 	var err error
@@ -194,6 +201,10 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	if r.client, err = valkey.NewClient(co); err != nil {
 		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
 	}
+	if err := refuseSentinel(ctx, r.client, opt.Timeout); err != nil {
+		r.client.Close()
+		return nil, err
+	}
 	r.shards.cluster.Store(r.client.Mode() == valkey.ClientModeCluster)
 	r.reporter = newReporter(r)
 	r.cleanup = newCleaner(r)
@@ -215,7 +226,24 @@ func (r *Registry) Close() {
 }
 
 // Stats returns the registry's counters.
-func (r *Registry) Stats() *Stats { return &r.stats }
+func (r *Registry) Stats() *Stats { return r.stats }
+
+// Mode is how the client reached Valkey: standalone, sentinel or cluster.
+func (r *Registry) Mode() string { return string(r.client.Mode()) }
+
+// Ready reads the registry itself — the epoch that every replica writes on
+// first contact — rather than PING, which a Sentinel or any other server
+// answers too.
+func (r *Registry) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	defer cancel()
+	epoch, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.recovery()).Field("epoch").Build()).ToString()
+	if valkey.IsValkeyNil(err) || (err == nil && epoch == "") {
+		_ = r.recovery.verify(ctx) // writes it; the next check sees it
+		return fmt.Errorf("%w: registry epoch not written yet", ErrRegistryUnavailable)
+	}
+	return r.valkeyErr(err)
+}
 
 // Ping checks that Valkey answers within the call timeout.
 func (r *Registry) Ping(ctx context.Context) error {
@@ -306,4 +334,19 @@ func (r *Registry) logBadAddress(memberID, address string, err error) {
 	if !seen {
 		r.log.Warn("member address is not routable; member skipped", "member", memberID, "address", address, "err", err)
 	}
+}
+
+// refuseSentinel stops a standalone client that reached a Sentinel: the
+// URL lacks ?master_set=, and every registry read would fail.
+func refuseSentinel(ctx context.Context, c valkey.Client, timeout time.Duration) error {
+	if c.Mode() != valkey.ClientModeStandalone {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
+	defer cancel()
+	info, err := c.Do(ctx, c.B().Info().Section("server").Build()).ToString()
+	if err == nil && (strings.Contains(info, "server_mode:sentinel") || strings.Contains(info, "redis_mode:sentinel")) {
+		return fmt.Errorf("registry: %w", ErrSentinelAddress)
+	}
+	return nil
 }

@@ -46,7 +46,7 @@ func (rp *reporter) stop() {
 type counts struct{ errors, stale, malformed uint64 }
 
 func (rp *reporter) read() counts {
-	st := &rp.r.stats
+	st := rp.r.stats
 	return counts{st.ValkeyErrors.Load(), st.StaleAnswers.Load(), st.MalformedRecords.Load()}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -191,12 +192,41 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// urlKeys are the query keys of valkey-go's ParseURL that coord-extproc
+// accepts; ParseURL ignores anything else, so a typo would silently change
+// the deployment (a misspelt master_set means "talk to the Sentinel").
+var urlKeys = map[string]bool{"addr": true, "master_set": true, "db": true, "dial_timeout": true,
+	"write_timeout": true, "skip_verify": true, "client_name": true, "max_retries": true}
+
 func (c *Config) valkeyOption() (valkey.ClientOption, error) {
-	opt, err := valkey.ParseURL(c.Valkey)
+	u, err := url.Parse(c.Valkey)
 	if err != nil {
-		return opt, err
+		return valkey.ClientOption{}, err
 	}
-	return opt, nil
+	for k, v := range u.Query() {
+		switch {
+		case k == "protocol" && v[0] == "2", k == "client_cache" && v[0] == "0":
+			return valkey.ClientOption{}, fmt.Errorf("%s=%s: coord-extproc needs RESP3 client-side caching (its invalidations keep every replica coherent)", k, v[0])
+		case k == "protocol" || k == "client_cache":
+		case !urlKeys[k]:
+			return valkey.ClientOption{}, fmt.Errorf("unknown query key %q (known: addr, master_set, db, dial_timeout, write_timeout, skip_verify, client_name, max_retries)", k)
+		}
+	}
+	if u.Query().Has("master_set") && u.Query().Get("master_set") == "" {
+		return valkey.ClientOption{}, errors.New("master_set is empty")
+	}
+	return valkey.ParseURL(c.Valkey)
+}
+
+// valkeyMode describes the deployment the URL asks for, for the log.
+func valkeyMode(opt valkey.ClientOption) string {
+	if opt.Sentinel.MasterSet != "" {
+		return "sentinel"
+	}
+	if len(opt.InitAddress) > 1 {
+		return "cluster (seeds)"
+	}
+	return "standalone or cluster (detected on connect)"
 }
 
 func (c *Config) logLevel() (slog.Level, error) {

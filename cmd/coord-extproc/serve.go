@@ -26,8 +26,9 @@ import (
 	"github.com/coord-extproc/coord-extproc/strategy"
 )
 
-// serve wires the registry, the route table and both gRPC services, runs
-// until ctx ends, then drains: health NOT_SERVING first, then no new
+// serve opens both listeners at once (health NOT_SERVING), connects to
+// Valkey in the background and turns SERVING after a real registry read,
+// runs until ctx ends, then drains: health NOT_SERVING first, then no new
 // streams, in-flight ones finish (cut after ShutdownGrace), Valkey closed.
 func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	log := cfg.logger(stderr)
@@ -44,25 +45,13 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	}
 	vopt, err := cfg.valkeyOption()
 	if err != nil {
-		return err
+		return fmt.Errorf("--valkey: %w", err)
 	}
-	reg, err := connect(ctx, registry.Options{
-		Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
-		CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-		StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log,
-	}, log)
-	if errors.Is(err, context.Canceled) {
-		log.Info("stopped before valkey was reachable")
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-
+	stats := &registry.Stats{}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := extproc.NewMetrics(promReg, reg.Stats())
+	metrics := extproc.NewMetrics(promReg, stats)
+	reg := &lazyRegistry{}
 	srv, err := extproc.NewServer(extproc.Options{
 		Table: table, Registry: reg, Metrics: metrics, Logger: log,
 		EndpointHeader: cfg.EndpointHeader, BodyLimit: cfg.BodyLimit,
@@ -74,6 +63,13 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	var mlis net.Listener
+	if cfg.MetricsListen != "" {
+		if mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			lis.Close()
+			return fmt.Errorf("listen %s: %w", cfg.MetricsListen, err)
+		}
 	}
 	gs := grpc.NewServer(
 		grpc.MaxConcurrentStreams(100_000),
@@ -92,12 +88,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	healthpb.RegisterHealthServer(gs, hs)
 
 	var metricsSrv *http.Server
-	if cfg.MetricsListen != "" {
-		mlis, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			lis.Close()
-			return fmt.Errorf("listen %s: %w", cfg.MetricsListen, err)
-		}
+	if mlis != nil {
 		metricsSrv = &http.Server{Handler: opsHandler(promReg, hs), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -105,18 +96,40 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 			}
 		}()
 	}
-
-	go markServingWhenReady(ctx, reg, hs, log)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
-	log.Info("coord-extproc serving", "version", version, "listen", lis.Addr().String(), "metrics", cfg.MetricsListen,
-		"valkey", vopt.InitAddress, "prefix", cfg.KeyPrefix, "strategy", cfg.Strategy, "rules", len(table.Rules))
+	log.Info("coord-extproc listening; health NOT_SERVING until the registry answers", "version", version,
+		"listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "valkey_mode", valkeyMode(vopt),
+		"valkey_seeds", vopt.InitAddress, "master_set", vopt.Sentinel.MasterSet, "prefix", cfg.KeyPrefix,
+		"strategy", cfg.Strategy, "rules", len(table.Rules))
 
+	cctx, stopConnect := context.WithCancel(ctx)
+	connected := make(chan error, 1)
+	go func() {
+		connected <- connect(cctx, registry.Options{
+			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
+			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats,
+		}, reg, hs, log)
+	}()
+
+	var runErr error
 	select {
 	case err := <-served:
-		return fmt.Errorf("grpc server: %w", err)
+		runErr = fmt.Errorf("grpc server: %w", err)
+	case err := <-connected:
+		if err != nil { // a URL that can never work: stop rather than stay NOT_SERVING
+			runErr = err
+		} else {
+			select {
+			case err := <-served:
+				runErr = fmt.Errorf("grpc server: %w", err)
+			case <-ctx.Done():
+			}
+		}
 	case <-ctx.Done():
 	}
+	stopConnect()
 	log.Info("draining: health NOT_SERVING, finishing in-flight streams", "grace", cfg.ShutdownGrace)
 	hs.Shutdown() // every service NOT_SERVING, before anything else stops
 	stopped := make(chan struct{})
@@ -132,45 +145,56 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		defer cancel()
 		_ = metricsSrv.Shutdown(sctx)
 	}
+	if r := reg.reg.Load(); r != nil {
+		r.Close()
+	}
 	log.Info("stopped")
-	return nil
+	return runErr
 }
 
-// connect retries until Valkey accepts a connection: at start-up Valkey
-// may simply not be up yet, which is no reason to crash-loop.
-func connect(ctx context.Context, opt registry.Options, log *slog.Logger) (*registry.Registry, error) {
+// connect retries until Valkey accepts a connection (at start-up Valkey may
+// simply not be up yet, which is no reason to crash-loop), publishes the
+// registry, then turns health SERVING once a real registry read succeeds.
+// It returns an error only for a deployment that can never work.
+func connect(ctx context.Context, opt registry.Options, lazy *lazyRegistry, hs *health.Server, log *slog.Logger) error {
 	wait := 100 * time.Millisecond
+	var reg *registry.Registry
 	for {
-		reg, err := registry.New(ctx, opt)
-		if err == nil {
-			return reg, nil
+		var err error
+		if reg, err = registry.New(ctx, opt); err == nil {
+			break
 		}
-		log.Warn("cannot reach valkey yet; retrying", "err", err, "in", wait)
+		if errors.Is(err, registry.ErrSentinelAddress) {
+			log.Error("valkey URL cannot work", "err", err)
+			return fmt.Errorf("--valkey: %w", err)
+		}
+		log.Warn("cannot reach valkey yet; retrying; health stays NOT_SERVING", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("gave up connecting to valkey (%w): %w", ctx.Err(), err)
+			return nil
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
-}
-
-// markServingWhenReady flips gRPC health to SERVING once Valkey answers.
-func markServingWhenReady(ctx context.Context, reg *registry.Registry, hs *health.Server, log *slog.Logger) {
-	wait := 50 * time.Millisecond
-	for {
-		if err := reg.Ping(ctx); err == nil {
+	lazy.reg.Store(reg)
+	log.Info("valkey connected", "mode", reg.Mode(), "master_set", opt.Client.Sentinel.MasterSet, "seeds", opt.Client.InitAddress)
+	wait = 50 * time.Millisecond
+	for warned := false; ; {
+		err := reg.Ready(ctx)
+		if err == nil {
 			if ctx.Err() == nil {
 				hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-				log.Info("valkey answered: health SERVING")
+				log.Info("registry answered: health SERVING")
 			}
-			return
-		} else if wait >= time.Second {
-			log.Warn("valkey not answering yet; health stays NOT_SERVING", "err", err)
+			return nil
+		}
+		if !warned && wait >= 400*time.Millisecond {
+			log.Warn("registry not readable yet; health stays NOT_SERVING", "err", err)
+			warned = true
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)
