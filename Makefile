@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
 
-deps: ## install valkey-server if missing (Debian: bookworm-backports)
+deps: ## install valkey-server and valkey-sentinel if missing (Debian: bookworm-backports of the mirror apt already uses)
 	@scripts/deps.sh
 
 build: ## build bin/coord-extproc
