@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
 )
 
@@ -44,7 +45,7 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 	defer m.observe(apiAuthz, start)
 	h := req.GetAttributes().GetRequest().GetHttp()
 	get := authzHeaders(h)
-	o := decide(ctx, a.s.opt.Table, a.s.opt.Registry, h.GetMethod(), h.GetPath(), get)
+	o := decide(registry.WithBudget(ctx, a.s.opt.DecisionTimeout), a.s.opt.Table, a.s.opt.Registry, h.GetMethod(), h.GetPath(), get)
 	m.decision(apiAuthz, o.action, o.result)
 	if o.rule != nil && o.routed && (o.rule.Action == route.ActionCreate || o.rule.Action == route.ActionDelete) {
 		m.authzLifecycle.WithLabelValues(o.action).Inc()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -74,7 +75,8 @@ func newEnvTB(t testing.TB) *env {
 	e.c = e.srv.Client(t)
 	var err error
 	e.reg, err = registry.New(context.Background(), registry.Options{
-		Client: valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
+		AllowUpstream: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Client:        valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
 )
 
@@ -37,6 +39,9 @@ type Options struct {
 	EndpointHeader string
 	// BodyLimit caps buffered response bodies read on create routes.
 	BodyLimit int
+	// DecisionTimeout bounds all Valkey work of one decision together
+	// (DefaultDecisionTimeout when zero).
+	DecisionTimeout time.Duration
 }
 
 // Server implements ext_proc. One stream is one HTTP request.
@@ -63,6 +68,9 @@ func NewServer(opt Options) (*Server, error) {
 	}
 	if opt.BodyLimit <= 0 {
 		opt.BodyLimit = DefaultBodyLimit
+	}
+	if opt.DecisionTimeout <= 0 {
+		opt.DecisionTimeout = registry.DefaultDecisionTimeout
 	}
 	s := &Server{opt: opt}
 	s.pass = s.passHeaders()
@@ -109,7 +117,7 @@ func (s *Server) handle(ctx context.Context, x *exchange, req *extprocv3.Process
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
 	}()
-	resp = x.handle(ctx, req)
+	resp = x.handle(registry.WithBudget(ctx, s.opt.DecisionTimeout), req)
 	if resp == nil {
 		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("unexpected ext_proc message %T", req.GetRequest()))
 	}

@@ -200,7 +200,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 func (s *stack) startCoord(o stackOptions, i int) *coord {
 	c := &coord{grpc: freeAddr(s.t), metrics: freeAddr(s.t)}
 	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
-		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url,
+		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url, "--allow-upstream", "127.0.0.0/8",
 		"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
 		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text")
 	s.coords = append(s.coords, c)

@@ -2,13 +2,16 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,79 +58,219 @@ func splitAddress(raw string) (host string, port uint16, err error) {
 	return h, uint16(n), nil
 }
 
-// addressResolver turns registered addresses into IP:port, resolving
-// hostnames with a small TTL cache so DNS never sits on the request path
-// more than once per TTL.
-type addressResolver struct {
-	lookup func(ctx context.Context, host string) ([]string, error)
-	ttl    time.Duration
-	now    func() time.Time
+// addressPolicy refuses upstreams that would point Envoy at itself or at
+// a cloud metadata service (SPEC §4): loopback, link-local (169.254.0.0/16
+// holds the usual metadata address), multicast, unspecified, zoned, and the
+// metadata addresses outside those ranges; networks in allow are accepted
+// anyway (tests and a local demo allow 127.0.0.0/8).
+type addressPolicy struct{ allow []netip.Prefix }
 
-	mu    sync.Mutex
-	hosts map[string]dnsEntry
+var metadataAddrs = []netip.Addr{
+	netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
+	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+}
+
+func (p addressPolicy) check(ip netip.Addr) error {
+	ip = ip.Unmap()
+	for _, pr := range p.allow {
+		if pr.Contains(ip) {
+			return nil
+		}
+	}
+	why := ""
+	switch {
+	case ip.Zone() != "":
+		why = "a zoned address"
+	case ip.IsUnspecified():
+		why = "unspecified"
+	case ip.IsLoopback():
+		why = "loopback (Envoy itself)"
+	case ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast():
+		why = "link-local (cloud metadata lives there)"
+	case ip.IsMulticast():
+		why = "multicast"
+	case slices.Contains(metadataAddrs, ip):
+		why = "a cloud metadata address"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s is %s; allow it with --allow-upstream", ErrBadAddress, ip, why)
+}
+
+// addressResolver turns registered addresses into IP:port without ever
+// making a request wait for DNS: a hostname is resolved in the background
+// the first time it is seen (the member is unroutable until then), failures
+// are retried with back-off, and an expired answer keeps being used while it
+// is refreshed. When a hostname's answer appears or changes, changed is
+// called so cached member entries are rebuilt.
+type addressResolver struct {
+	lookup  func(ctx context.Context, host string) ([]string, error)
+	ttl     time.Duration
+	now     func() time.Time
+	policy  addressPolicy
+	changed func(host string)
+
+	// gen moves whenever any name's answer changes; entries built from an
+	// older answer are rebuilt (see memberFresh).
+	gen atomic.Uint64
+
+	mu      sync.Mutex
+	hosts   map[string]*dnsEntry
+	lookups chan struct{} // bounds concurrent lookups
+	quit    chan struct{}
+	wg      sync.WaitGroup
 }
 
 type dnsEntry struct {
-	ip      netip.Addr
-	expires time.Time
+	ip     netip.Addr // zero until first resolved; kept while DNS fails
+	err    error      // the last failure, while ip is zero
+	wanted time.Time  // last asked for
 }
 
-const maxDNSEntries = 10000
+// DNS timing: one lookup's deadline, the back-off after failures, and how
+// long a name nobody asks for is kept up to date.
+const (
+	maxDNSEntries  = 10000
+	dnsTimeout     = 2 * time.Second
+	dnsRetryMin    = 250 * time.Millisecond
+	dnsRetryMax    = 30 * time.Second
+	dnsIdle        = 10 * time.Minute
+	maxDNSInflight = 16
+)
 
-func newAddressResolver(lookup func(context.Context, string) ([]string, error), ttl time.Duration, now func() time.Time) *addressResolver {
-	return &addressResolver{lookup: lookup, ttl: ttl, now: now, hosts: make(map[string]dnsEntry)}
+// ErrResolving: a member's hostname has no answer yet; the member is
+// unroutable until its background lookup succeeds.
+var ErrResolving = errors.New("hostname not resolved yet")
+
+func newAddressResolver(lookup func(context.Context, string) ([]string, error), ttl time.Duration, now func() time.Time, policy addressPolicy, changed func(string)) *addressResolver {
+	if changed == nil {
+		changed = func(string) {}
+	}
+	return &addressResolver{lookup: lookup, ttl: ttl, now: now, policy: policy, changed: changed,
+		hosts: map[string]*dnsEntry{}, lookups: make(chan struct{}, maxDNSInflight), quit: make(chan struct{})}
 }
 
-// resolve returns raw as "IP:port" (IPv6 bracketed).
-func (r *addressResolver) resolve(ctx context.Context, raw string) (string, error) {
+func (r *addressResolver) stop() {
+	close(r.quit)
+	r.wg.Wait()
+}
+
+// resolve returns raw as "IP:port" (IPv6 bracketed), or why it cannot be
+// routed now. It never waits for DNS.
+func (r *addressResolver) resolve(raw string) (string, error) {
 	host, port, err := splitAddress(raw)
 	if err != nil {
 		return "", err
 	}
 	ip, err := netip.ParseAddr(host)
-	if err == nil {
-		if ip.Zone() != "" || ip.IsUnspecified() || ip.IsMulticast() {
-			return "", fmt.Errorf("%w: %q: %s is not a unicast address", ErrBadAddress, raw, ip)
-		}
-		return netip.AddrPortFrom(ip.Unmap(), port).String(), nil
-	}
-	ip, err = r.lookupHost(ctx, host)
 	if err != nil {
-		return "", fmt.Errorf("%w: %q: %v", ErrBadAddress, raw, err)
+		if ip, err = r.cached(host); err != nil {
+			return "", fmt.Errorf("%q: %w", raw, err)
+		}
 	}
-	return netip.AddrPortFrom(ip, port).String(), nil
+	if err := r.policy.check(ip); err != nil {
+		return "", fmt.Errorf("%q: %w", raw, err)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), port).String(), nil
 }
 
-func (r *addressResolver) lookupHost(ctx context.Context, host string) (netip.Addr, error) {
+// cached answers from the DNS cache; a name seen for the first time gets a
+// background loop that keeps its answer current (maintain).
+func (r *addressResolver) cached(host string) (netip.Addr, error) {
 	now := r.now()
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	e, ok := r.hosts[host]
-	r.mu.Unlock()
-	if ok && now.Before(e.expires) {
+	if !ok {
+		if len(r.hosts) >= maxDNSEntries {
+			return netip.Addr{}, fmt.Errorf("%w: %s: %d hostnames already tracked", ErrBadAddress, host, maxDNSEntries)
+		}
+		e = &dnsEntry{}
+		r.hosts[host] = e
+		r.wg.Add(1)
+		go r.maintain(host, e)
+	}
+	e.wanted = now
+	switch {
+	case e.ip.IsValid():
 		return e.ip, nil
+	case e.err != nil:
+		return netip.Addr{}, fmt.Errorf("%w: %s: %v (retrying)", ErrBadAddress, host, e.err)
+	default:
+		return netip.Addr{}, fmt.Errorf("%w: %s", ErrResolving, host)
 	}
-	addrs, err := r.lookup(ctx, host)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("resolve %s: %w", host, err)
+}
+
+// maintain resolves host off the request path, again every TTL after a
+// success and with back-off after a failure (keeping the last answer), and
+// reports every change of answer; it stops once nobody asked for host
+// within dnsIdle.
+func (r *addressResolver) maintain(host string, e *dnsEntry) {
+	defer r.wg.Done()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case r.lookups <- struct{}{}:
+		case <-r.quit:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), dnsTimeout)
+		addrs, err := r.lookup(ctx, host)
+		cancel()
+		<-r.lookups
+		ip := netip.Addr{}
+		if err == nil {
+			ip, err = pickAddr(addrs)
+		}
+		wait := r.ttl
+		r.mu.Lock()
+		before := e.ip
+		if err == nil {
+			e.ip, e.err, backoff = ip, nil, 0
+		} else {
+			backoff = min(max(2*backoff, dnsRetryMin), dnsRetryMax)
+			wait = backoff
+			if !e.ip.IsValid() {
+				e.err = err
+			}
+		}
+		after := e.ip
+		r.mu.Unlock()
+		if after != before {
+			r.gen.Add(1)
+			r.changed(host)
+		}
+		select {
+		case <-r.quit:
+			return
+		case <-time.After(wait):
+		}
+		r.mu.Lock()
+		idle := r.now().Sub(e.wanted) > dnsIdle
+		if idle {
+			delete(r.hosts, host)
+		}
+		r.mu.Unlock()
+		if idle {
+			return
+		}
 	}
+}
+
+// pickAddr prefers IPv4, as most pod networks do.
+func pickAddr(addrs []string) (netip.Addr, error) {
 	var ip netip.Addr
 	for _, a := range addrs {
 		cand, perr := netip.ParseAddr(a)
 		if perr != nil {
 			continue
 		}
-		if !ip.IsValid() || (cand.Is4() && !ip.Is4()) { // prefer IPv4, as most pod networks do
+		if !ip.IsValid() || (cand.Is4() && !ip.Is4()) {
 			ip = cand.Unmap()
 		}
 	}
 	if !ip.IsValid() {
-		return netip.Addr{}, fmt.Errorf("resolve %s: no usable address in %v", host, addrs)
+		return netip.Addr{}, fmt.Errorf("no usable address in %v", addrs)
 	}
-	r.mu.Lock()
-	if len(r.hosts) >= maxDNSEntries {
-		clear(r.hosts)
-	}
-	r.hosts[host] = dnsEntry{ip: ip, expires: now.Add(r.ttl)}
-	r.mu.Unlock()
 	return ip, nil
 }

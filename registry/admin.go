@@ -61,7 +61,7 @@ func (r *Registry) Bind(ctx context.Context, destID, memberID string) error {
 	if err := ValidateID(memberID); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	err := r.client.Do(ctx, r.client.B().Sadd().Key(r.keys.dest(destID)).Member(memberID).Build()).Error()
 	r.sets.Remove(destID)
@@ -73,7 +73,7 @@ func (r *Registry) DeleteDestination(ctx context.Context, destID string) error {
 	if err := ValidateID(destID); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	err := r.client.Do(ctx, r.client.B().Del().Key(r.keys.dest(destID)).Build()).Error()
 	r.sets.Remove(destID)

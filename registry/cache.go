@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,10 +94,12 @@ func (r *Registry) viewAge(v *setView, now time.Time) time.Duration {
 
 type memberEntry struct {
 	freshness
-	id   string
-	live bool   // the record exists with a non-empty address
-	addr string // IP:port; empty when live but unroutable
-	load int64
+	host   string // its hostname, when the address is not an IP literal
+	dnsGen uint64 // the resolver's generation its address was taken at
+	id     string
+	live   bool   // the record exists with a non-empty address
+	addr   string // IP:port; empty when live but unroutable
+	load   int64
 }
 
 func (m *memberEntry) candidate() strategy.Candidate {
@@ -130,7 +133,7 @@ func (s *shared) intern(ids []string) *idset {
 // result with store.
 func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, store func(*setEntry)) (*setEntry, error) {
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	res := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
 	ids, err := res.AsStrSlice()
@@ -197,7 +200,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	out := make([]*memberEntry, len(ids))
 	var missing []int
 	for i, id := range ids {
-		if e, ok := r.members.Get(id); ok && r.fresh(&e.freshness, now) {
+		if e, ok := r.members.Get(id); ok && r.memberFresh(e, now) {
 			out[i] = e
 			continue
 		}
@@ -211,7 +214,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	for j, i := range missing {
 		cmds[j] = valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL)
 	}
-	vctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	vctx, cancel := r.callCtx(ctx)
 	results := r.client.DoMultiCache(vctx, cmds...)
 	cancel()
 	for j, i := range missing {
@@ -227,7 +230,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 			r.logBadAddress(ids[i], "<malformed record>", err)
 			e = &memberEntry{id: ids[i], live: true}
 		} else {
-			e = r.memberFromFields(ctx, ids[i], fields)
+			e = r.memberFromFields(ids[i], fields)
 		}
 		r.stamp(&e.freshness, r.readAt(results[j], now), gen, r.keys.member(ids[i]))
 		r.members.Add(ids[i], e)
@@ -241,10 +244,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	return out, nil
 }
 
-// dnsTimeout caps a hostname lookup; it happens once per DNS TTL per host.
-const dnsTimeout = time.Second
-
-func (r *Registry) memberFromFields(ctx context.Context, id string, fields map[string]string) *memberEntry {
+func (r *Registry) memberFromFields(id string, fields map[string]string) *memberEntry {
 	e := &memberEntry{id: id}
 	raw := fields["address"]
 	if raw == "" {
@@ -252,15 +252,43 @@ func (r *Registry) memberFromFields(ctx context.Context, id string, fields map[s
 	}
 	e.live = true
 	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
-	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
-	defer cancel()
-	addr, err := r.addrs.resolve(ctx, raw)
+	e.dnsGen = r.addrs.gen.Load()                        // before resolving: a change racing with it makes e stale
+	addr, err := r.addrs.resolve(raw)
 	if err != nil {
-		r.logBadAddress(id, raw, err)
+		// Live but unroutable; a hostname still resolving is rebuilt when
+		// its answer arrives (onResolved), and is no error worth a log.
+		if host, _, herr := splitAddress(raw); herr == nil {
+			e.host = host
+		}
+		if !errors.Is(err, ErrResolving) {
+			r.logBadAddress(id, raw, err)
+		}
 		return e
+	}
+	if host, _, herr := splitAddress(raw); herr == nil {
+		if _, perr := netip.ParseAddr(host); perr != nil {
+			e.host = host // re-resolved when its DNS answer changes
+		}
 	}
 	e.addr = addr
 	return e
+}
+
+// memberFresh is fresh for member records: a record whose address is a
+// hostname is also rebuilt when any DNS answer changed since it was built.
+func (r *Registry) memberFresh(e *memberEntry, now time.Time) bool {
+	return r.fresh(&e.freshness, now) && (e.host == "" || e.dnsGen == r.addrs.gen.Load())
+}
+
+// onResolved runs when a hostname's DNS answer appears or changes: every
+// cached member using it is rebuilt by the next request, from memory.
+func (r *Registry) onResolved(host string) {
+	for _, id := range r.members.Keys() {
+		if e, ok := r.members.Peek(id); ok && e.host == host {
+			e.invalid.Store(true)
+		}
+	}
+	r.memberGen.Add(1)
 }
 
 // viewOf returns the set's members split into live candidates, dead and

@@ -48,7 +48,7 @@ func (d *deployment) registry(t *testing.T, mod func(*Options)) *Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt := Options{Client: co}
+	opt := Options{Client: co, AllowUpstream: loopbackAllowed.allow}
 	if mod != nil {
 		mod(&opt)
 	}

@@ -19,8 +19,9 @@ func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client { return srv.
 func newRegistry(t testing.TB, srv *valkeytest.Server, mod func(*Options)) *Registry {
 	t.Helper()
 	opt := Options{
-		Client:   valkey.ClientOption{InitAddress: []string{srv.Addr()}},
-		Strategy: strategy.NewRoundRobin(0),
+		AllowUpstream: loopbackAllowed.allow, // test pods listen on loopback
+		Client:        valkey.ClientOption{InitAddress: []string{srv.Addr()}},
+		Strategy:      strategy.NewRoundRobin(0),
 	}
 	if mod != nil {
 		mod(&opt)

@@ -26,7 +26,7 @@ func (r *Registry) RouteLock(ctx context.Context, lockID string) (Decision, erro
 	}
 	now := r.opt.Now()
 	if l, ok := r.locks.Get(lockID); ok && l.exists && r.fresh(&l.freshness, now) {
-		if m, ok := r.members.Get(l.podID); ok && m.live && m.addr != "" && r.fresh(&m.freshness, now) {
+		if m, ok := r.members.Get(l.podID); ok && m.live && m.addr != "" && r.memberFresh(m, now) {
 			r.stats.CacheHits.Add(1)
 			return Decision{Member: m.candidate(), Result: ResultLockHit}, nil
 		}
@@ -102,7 +102,7 @@ func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time)
 // readLock reads a lock record, through the tracked cache or straight
 // from Valkey (to confirm a negative answer).
 func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*lockEntry, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	key := r.keys.lock(lockID)
 	var res valkey.ValkeyResult

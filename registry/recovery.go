@@ -53,7 +53,7 @@ type recovery struct {
 	r   *Registry
 	key string
 
-	verifying sync.Mutex
+	verifying chan struct{} // holds one token while a verify runs
 	mu        sync.Mutex
 	epoch     string          // last epoch seen; "" before first contact
 	pending   map[string]bool // members live before an unverified event
@@ -80,7 +80,7 @@ const (
 )
 
 func newRecovery(r *Registry) *recovery {
-	return &recovery{r: r, key: r.keys.recovery(), pending: map[string]bool{},
+	return &recovery{r: r, key: r.keys.recovery(), pending: map[string]bool{}, verifying: make(chan struct{}, 1),
 		kick: make(chan struct{}, 1), quit: make(chan struct{})}
 }
 
@@ -153,8 +153,20 @@ func (h *recovery) isVerified() bool { return h.verified.Load() == h.seq.Load() 
 // this replica has thereby observed a wipe, adds the pending members to the
 // hold if so, and returns the hold.
 func (h *recovery) verify(ctx context.Context) error {
-	h.verifying.Lock() // one script at a time, however many requests wait
-	defer h.verifying.Unlock()
+	// One script at a time, however many requests wait; a wait is bounded
+	// like a Valkey call, since the holder may be stuck in one.
+	select {
+	case h.verifying <- struct{}{}:
+	default:
+		wait, cancel := h.r.callCtx(ctx)
+		defer cancel()
+		select {
+		case h.verifying <- struct{}{}:
+		case <-wait.Done():
+			return fmt.Errorf("%w: waiting for the registry epoch check: %w", ErrRegistryUnavailable, wait.Err())
+		}
+	}
+	defer func() { <-h.verifying }()
 	seq := h.seq.Load()
 	if h.verified.Load() == seq {
 		return nil
@@ -171,7 +183,7 @@ func (h *recovery) verify(ctx context.Context) error {
 	token := make([]byte, 6)
 	_, _ = rand.Read(token)
 	args := append([]string{last, strconv.FormatInt(h.r.opt.HoldMax.Milliseconds(), 10), hex.EncodeToString(token)}, ids...)
-	ctx, cancel := context.WithTimeout(ctx, h.r.opt.Timeout)
+	ctx, cancel := h.r.callCtx(ctx)
 	defer cancel()
 	sent := time.Now()
 	reply, err := observeScript.Exec(ctx, h.r.client, []string{h.key}, args).ToArray()
@@ -302,7 +314,7 @@ func (h *recovery) release(st *holdState, ids []string) {
 // read loads P:recovery through the tracked cache.
 func (h *recovery) read(ctx context.Context) (*holdState, error) {
 	seq := h.seq.Load()
-	ctx, cancel := context.WithTimeout(ctx, h.r.opt.Timeout)
+	ctx, cancel := h.r.callCtx(ctx)
 	defer cancel()
 	c := h.r.client
 	fields, err := c.DoCache(ctx, c.B().Hgetall().Key(h.key).Cache().ToStaticTTL(), h.r.opt.CacheTTL).AsStrMap()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,9 @@ type Options struct {
 	HoldMax time.Duration
 	// DNSTTL is how long a hostname's resolution is reused.
 	DNSTTL time.Duration
+	// AllowUpstream lists networks accepted although the address policy
+	// refuses them (loopback, link-local, multicast, unspecified).
+	AllowUpstream []netip.Prefix
 	// ProbeInterval is how often the registry proves its invalidation
 	// channel alive (see probe.go); default CacheTTL/3, negative disables
 	// (then every entry is re-read once per CacheTTL).
@@ -161,16 +165,17 @@ type Stats struct {
 func New(ctx context.Context, opt Options) (*Registry, error) {
 	opt.setDefaults()
 	r := &Registry{
-		opt:     opt,
-		keys:    newKeys(opt.Prefix),
-		log:     opt.Logger,
-		addrs:   newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now),
+		opt:  opt,
+		keys: newKeys(opt.Prefix),
+		log:  opt.Logger,
+
 		badAddr: make(map[string]struct{}),
 		base:    opt.Now(),
 		shared:  shared{sets: map[string]*idset{}},
 		stats:   opt.Stats,
 	}
 	r.shards = newShards()
+	r.addrs = newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now, addressPolicy{allow: opt.AllowUpstream}, r.onResolved)
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: destination cache: %w", err)
@@ -220,6 +225,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 func (r *Registry) Close() {
 	r.probe.stop()
 	r.reporter.stop()
+	r.addrs.stop()
 	r.recovery.stop()
 	r.cleanup.stop()
 	r.client.Close()

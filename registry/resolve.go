@@ -155,7 +155,7 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 		return Decision{}, nil, err
 	}
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
-	sctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	sctx, cancel := r.callCtx(ctx)
 	reply, err := claimScript.Exec(sctx, r.client, []string{r.keys.dest(destID)}, []string{c.ID}).AsStrSlice()
 	cancel()
 	if err = r.valkeyErr(err); err != nil {
@@ -260,7 +260,7 @@ func (r *Registry) PickMember(ctx context.Context, key string) (strategy.Candida
 }
 
 func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	ids, err := r.client.Do(ctx, r.client.B().Smembers().Key(key).Build()).AsStrSlice()
 	if err = r.valkeyErr(err); err != nil {
@@ -273,7 +273,7 @@ func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {
 // confirmDead re-reads the addresses of ids bypassing every cache and
 // splits them into dead ids and live candidates.
 func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string, alive []strategy.Candidate, err error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	cmds := make([]valkey.Completed, len(ids))
 	for i, id := range ids {
@@ -286,7 +286,7 @@ func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string
 		} else if err != nil {
 			return nil, nil, err
 		}
-		m := r.memberFromFields(ctx, ids[i], fields)
+		m := r.memberFromFields(ids[i], fields)
 		switch {
 		case !m.live:
 			dead = append(dead, ids[i])
@@ -298,7 +298,7 @@ func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string
 }
 
 func (r *Registry) runSetScript(ctx context.Context, s *valkey.Lua, key string, args []string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
+	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	ids, err := s.Exec(ctx, r.client, []string{key}, args).AsStrSlice()
 	if err = r.valkeyErr(err); err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -32,6 +33,8 @@ type Config struct {
 	CacheSize        int
 	ValkeyTimeout    time.Duration
 	StaleMax         time.Duration
+	DecisionTimeout  time.Duration
+	AllowUpstream    string
 	RecoveryHoldMax  time.Duration
 	MetricsListen    string
 	LogLevel         string
@@ -52,6 +55,7 @@ func defaultConfig() Config {
 		CacheSize:        registry.DefaultCacheSize,
 		ValkeyTimeout:    registry.DefaultTimeout,
 		StaleMax:         registry.DefaultStaleMax,
+		DecisionTimeout:  registry.DefaultDecisionTimeout,
 		RecoveryHoldMax:  registry.DefaultHoldMax,
 		MetricsListen:    "127.0.0.1:9090",
 		LogLevel:         "info",
@@ -95,6 +99,10 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.CacheTTL, n, c.CacheTTL, u) }},
 		{"cache-size", "COORD_CACHE_SIZE", "entries in each in-process cache (destinations, members, locks)",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.CacheSize, n, c.CacheSize, u) }},
+		{"allow-upstream", "COORD_ALLOW_UPSTREAM", "comma-separated CIDRs accepted as upstreams although refused by default (loopback, link-local incl. 169.254.169.254, multicast, unspecified), e.g. 127.0.0.0/8 for pods on this host",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.AllowUpstream, n, c.AllowUpstream, u) }},
+		{"decision-timeout", "COORD_DECISION_TIMEOUT", "time budget of one decision: all its Valkey calls together; keep it below Envoy's ext_proc message_timeout (200ms by default)",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.DecisionTimeout, n, c.DecisionTimeout, u) }},
 		{"stale-max", "COORD_STALE_MAX", "while Valkey fails, answer from last known good data up to this age, then 503",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.StaleMax, n, c.StaleMax, u) }},
 		{"recovery-hold-max", "COORD_RECOVERY_HOLD_MAX", "upper bound of a recovery hold after an observed registry wipe: members not re-registered by then count as dead (set to the longest member TTL)",
@@ -167,7 +175,7 @@ func (c *Config) Validate() error {
 	if c.EndpointHeader == "" || strings.ToLower(c.EndpointHeader) != c.EndpointHeader || strings.HasPrefix(c.EndpointHeader, "x-envoy-") || strings.HasPrefix(c.EndpointHeader, ":") {
 		errs = append(errs, fmt.Errorf("--endpoint-header %q: must be a lower-case header name, not x-envoy-* (ext_proc may not set those) nor a pseudo-header", c.EndpointHeader))
 	}
-	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
+	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "decision-timeout": c.DecisionTimeout, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
@@ -177,6 +185,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BodyLimit <= 0 {
 		errs = append(errs, fmt.Errorf("--body-limit %d: must be positive", c.BodyLimit))
+	}
+	if _, err := c.allowUpstream(); err != nil {
+		errs = append(errs, fmt.Errorf("--allow-upstream: %w", err))
 	}
 	if _, err := c.logLevel(); err != nil {
 		errs = append(errs, err)
@@ -216,6 +227,26 @@ func (c *Config) valkeyOption() (valkey.ClientOption, error) {
 		return valkey.ClientOption{}, errors.New("master_set is empty")
 	}
 	return valkey.ParseURL(c.Valkey)
+}
+
+// allowUpstream parses --allow-upstream: CIDRs or single addresses.
+func (c *Config) allowUpstream() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(c.AllowUpstream, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is neither a CIDR nor an IP address", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // valkeyMode describes the deployment the URL asks for, for the log.

@@ -47,6 +47,10 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--valkey: %w", err)
 	}
+	allow, err := cfg.allowUpstream()
+	if err != nil {
+		return fmt.Errorf("--allow-upstream: %w", err)
+	}
 	stats := &registry.Stats{}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -54,7 +58,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	reg := &lazyRegistry{}
 	srv, err := extproc.NewServer(extproc.Options{
 		Table: table, Registry: reg, Metrics: metrics, Logger: log,
-		EndpointHeader: cfg.EndpointHeader, BodyLimit: cfg.BodyLimit,
+		EndpointHeader: cfg.EndpointHeader, BodyLimit: cfg.BodyLimit, DecisionTimeout: cfg.DecisionTimeout,
 	})
 	if err != nil {
 		return err
@@ -109,7 +113,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		connected <- connect(cctx, registry.Options{
 			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow,
 		}, reg, hs, log)
 	}()
 

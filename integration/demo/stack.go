@@ -59,7 +59,7 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 	grpcAddr, metrics := freeAddr(), freeAddr()
 	s.metrics = metrics
 	if _, err := s.start("coord-extproc", grpcAddr, filepath.Join(o.bins, "coord-extproc"), "--listen", grpcAddr, "--metrics-listen", metrics,
-		"--valkey", s.valkey.URL(), "--routes", o.routes, "--recovery-hold-max", "3s", "--log-format", "text"); err != nil {
+		"--valkey", s.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--routes", o.routes, "--recovery-hold-max", "3s", "--log-format", "text"); err != nil {
 		return s, err
 	}
 	if err := waitFor(ctx, 10*time.Second, func() bool { return status("http://"+metrics+"/healthz") == 200 }); err != nil {
