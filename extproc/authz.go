@@ -120,5 +120,5 @@ func authzHeaders(h interface {
 		return func(name string) string { return m[name] }
 	}
 	list := h.GetHeaderMap().GetHeaders()
-	return func(name string) string { return headerValue(list, name) }
+	return func(name string) string { return requestHeader(list, name) }
 }

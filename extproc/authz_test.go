@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 )
 
@@ -113,4 +114,40 @@ func (e *env) counterVec(t *testing.T, name string) float64 {
 		}
 	}
 	return total
+}
+
+// SPEC §5.2: a request carrying its id header twice is 400 in both APIs,
+// never routed on one of the values; "." and ".." are never ids.
+func TestRepeatedIDHeaderAndPathSteps(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	e.do(t, "SADD", "coordinator:destination:t1", "live")
+	twice := []*corev3.HeaderValue{
+		{Key: ":method", RawValue: []byte("GET")}, {Key: ":path", RawValue: []byte("/x")},
+		{Key: "x-destination-id", RawValue: []byte("t1")}, {Key: "x-destination-id", RawValue: []byte("other")},
+	}
+	s := e.open(t)
+	defer s.close()
+	resp := s.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: twice}}}})
+	if status, body, _ := immediateOf(resp); status != 400 || body != `{"error":"Invalid id"}` {
+		t.Fatalf("ext_proc with the id header twice: %d %s, want 400", status, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for name, req := range map[string]*authv3.AttributeContext_HttpRequest{
+		// Envoy joins repeated headers with "," in the headers map; newer
+		// Envoys can send the list (header_map) instead.
+		"headers map": {Method: "GET", Path: "/x", Headers: map[string]string{"x-destination-id": "t1,other"}},
+		"header_map":  {Method: "GET", Path: "/x", HeaderMap: &corev3.HeaderMap{Headers: twice[2:]}},
+	} {
+		cr, err := e.authz.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: req}}})
+		if err != nil || cr.GetDeniedResponse().GetStatus().GetCode() != 400 {
+			t.Fatalf("ext_authz (%s) with the id header twice: %v %v, want 400", name, cr, err)
+		}
+	}
+	for _, path := range []string{"/tenants/../keys", "/tenants/%2E%2E/keys", "/tenants/./keys"} {
+		if status, _, _ := immediateOf(e.headersOnly(t, "GET", path)); status != 400 {
+			t.Errorf("%s: %d, want 400", path, status)
+		}
+	}
 }

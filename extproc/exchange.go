@@ -50,7 +50,7 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 	start := time.Now()
 	defer x.s.opt.Metrics.observe(apiExtProc, start)
 	hdrs := h.GetHeaders().GetHeaders()
-	get := func(name string) string { return headerValue(hdrs, name) }
+	get := func(name string) string { return requestHeader(hdrs, name) }
 	x.o = decide(ctx, x.s.opt.Table, x.s.opt.Registry, get(":method"), get(":path"), get)
 	o := &x.o
 	switch {
@@ -190,4 +190,29 @@ func headerValue(hdrs []*corev3.HeaderValue, name string) string {
 		}
 	}
 	return ""
+}
+
+// requestHeader is headerValue for the request headers a route reads:
+// a header present more than once is route.RepeatedHeader, never one of
+// its values (SPEC §5.2), so both APIs refuse it alike.
+func requestHeader(hdrs []*corev3.HeaderValue, name string) string {
+	n, first := 0, -1
+	for i, h := range hdrs {
+		if h.GetKey() == name {
+			if n++; first < 0 {
+				first = i
+			}
+		}
+	}
+	switch {
+	case n == 0:
+		return ""
+	case n > 1:
+		return route.RepeatedHeader
+	}
+	h := hdrs[first]
+	if len(h.GetRawValue()) > 0 {
+		return string(h.GetRawValue())
+	}
+	return h.GetValue()
 }

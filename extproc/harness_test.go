@@ -52,6 +52,9 @@ rules:
   - name: public
     path: /public/**
     action: pass
+  - name: by-header
+    destination_header: x-destination-id
+    action: route
 `
 
 // env is a real coord-extproc gRPC server on a loopback port in front of a

@@ -41,6 +41,9 @@ func ValidateID(id string) error {
 	if len(id) == 0 {
 		return fmt.Errorf("%w: empty", ErrInvalidID)
 	}
+	if id == "." || id == ".." {
+		return fmt.Errorf("%w: %q is a path step, not a name", ErrInvalidID, id)
+	}
 	if len(id) > MaxIDLen {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidID, len(id), MaxIDLen)
 	}

@@ -18,6 +18,11 @@ type Match struct {
 // that takes its id from a header only matches when that header is
 // present. Errors wrap ErrNoRoute or ErrInvalidID (then the Match names the
 // rule that matched).
+// RepeatedHeader is what a header lookup passed to Match returns for a
+// header the request carries more than once: the request is then refused
+// (400) rather than routed on one of the values.
+const RepeatedHeader = "\x00repeated"
+
 func (t *Table) Match(method, path string, header func(name string) string) (Match, error) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
@@ -37,6 +42,9 @@ func (t *Table) Match(method, path string, header func(name string) string) (Mat
 		if h := r.idHeader(); h != "" {
 			if raw = header(h); raw == "" {
 				continue
+			}
+			if raw == RepeatedHeader {
+				return Match{Rule: r}, fmt.Errorf("%w: header %s sent more than once", ErrInvalidID, h)
 			}
 		} else if raw != "" {
 			var err error
@@ -77,6 +85,9 @@ func (r *Rule) idHeader() string {
 
 // ValidID reports whether id satisfies the rule's id pattern.
 func (r *Rule) ValidID(id string) bool {
+	if id == "." || id == ".." { // path steps, not names, whatever the pattern says
+		return false
+	}
 	if r.idRe != nil {
 		return r.idRe.MatchString(id)
 	}
