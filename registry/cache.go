@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
 	"slices"
@@ -143,6 +144,36 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 	return r.storeSet(key, ids, seq, gen, r.readAt(res, now), store), nil
 }
 
+// fetchDest reads a destination set, bounded by MaxSetMembers; broadcast
+// tracking invalidates it like any key under the prefix, however read.
+func (r *Registry) fetchDest(ctx context.Context, destID string, now time.Time) (*setEntry, error) {
+	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	key := r.keys.dest(destID)
+	ids, err := r.readDest(ctx, destID, key)
+	if err != nil {
+		return nil, err
+	}
+	return r.storeSet(key, ids, seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) }), nil
+}
+
+// readDest reads a destination set straight from Valkey, refusing (and
+// queueing for shrinking) one over MaxSetMembers.
+func (r *Registry) readDest(ctx context.Context, destID, key string) ([]string, error) {
+	ctx, cancel := r.callCtx(ctx)
+	defer cancel()
+	res := boundedSetScript.Exec(ctx, r.client, []string{key}, []string{strconv.Itoa(r.opt.MaxSetMembers)})
+	if n, err := res.AsInt64(); err == nil {
+		r.cleanup.shrink(destID)
+		return nil, fmt.Errorf("%w: %q has %d, at most %d are read", ErrTooManyMembers, destID, n, r.opt.MaxSetMembers)
+	}
+	ids, err := res.AsStrSlice()
+	if err = r.valkeyErr(err); err != nil {
+		return nil, err
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
 // readAt is when the server produced res: now for a reply that came over
 // the wire; for one valkey-go served from its client-side cache, when
 // valkey-go read it (its remaining cache TTL tells how long ago, at worst
@@ -181,7 +212,7 @@ func (r *Registry) destSet(ctx context.Context, destID string, now time.Time) (c
 	if ok && r.fresh(&old.freshness, now) {
 		return old, nil, nil
 	}
-	cur, err = r.fetchSet(ctx, r.keys.dest(destID), now, func(e *setEntry) { r.sets.Add(destID, e) })
+	cur, err = r.fetchDest(ctx, destID, now)
 	return cur, old, err
 }
 

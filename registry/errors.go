@@ -18,6 +18,9 @@ var (
 	// fail-over) and pods may still be re-asserting their bindings, so no
 	// destination is claimed or reassigned yet (503, retry shortly).
 	ErrRecovering = errors.New("registry recovering: waiting for pods to re-assert bindings")
+	// ErrTooManyMembers: the destination's set is larger than
+	// Options.MaxSetMembers; it is not read (503, retry later).
+	ErrTooManyMembers = errors.New("destination has too many members")
 	// ErrLockNotFound: no such lock record (404).
 	ErrLockNotFound = errors.New("lock not found")
 	// ErrLockOwnerGone: the lock's pod is no longer live; the pinned

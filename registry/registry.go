@@ -25,6 +25,8 @@ const (
 	DefaultStaleMax  = 30 * time.Second
 	DefaultHoldMax   = DefaultMemberTTL
 	DefaultDNSTTL    = 30 * time.Second
+	// DefaultMaxSetMembers: fan-out sets hold a handful of pods.
+	DefaultMaxSetMembers = 1000
 	// DefaultConnTimeout bounds how long a connection may hang before it
 	// is dropped (valkey-go ConnWriteTimeout), unless the URL sets one.
 	DefaultConnTimeout = time.Second
@@ -54,6 +56,11 @@ type Options struct {
 	HoldMax time.Duration
 	// DNSTTL is how long a hostname's resolution is reused.
 	DNSTTL time.Duration
+	// MaxSetMembers bounds the members read for one destination: a larger
+	// set answers ErrTooManyMembers at once (and is shrunk in the background
+	// as its dead ids are removed) instead of costing every request
+	// megabytes and milliseconds.
+	MaxSetMembers int
 	// AllowUpstream lists networks accepted although the address policy
 	// refuses them (loopback, link-local, multicast, unspecified).
 	AllowUpstream []netip.Prefix
@@ -90,6 +97,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.StaleMax <= 0 {
 		o.StaleMax = DefaultStaleMax
+	}
+	if o.MaxSetMembers <= 0 {
+		o.MaxSetMembers = DefaultMaxSetMembers
 	}
 	if o.HoldMax <= 0 {
 		o.HoldMax = DefaultHoldMax

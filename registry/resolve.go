@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/valkey-io/valkey-go"
@@ -126,7 +127,7 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
 	g := r.recovery.begin(ctx)
-	ids, err := r.readSet(ctx, r.keys.dest(destID))
+	ids, err := r.readDest(ctx, destID, r.keys.dest(destID))
 	if err != nil {
 		return Decision{}, err
 	}
@@ -156,13 +157,17 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 	}
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
 	sctx, cancel := r.callCtx(ctx)
-	reply, err := claimScript.Exec(sctx, r.client, []string{r.keys.dest(destID)}, []string{c.ID}).AsStrSlice()
+	reply, err := claimScript.Exec(sctx, r.client, []string{r.keys.dest(destID)}, []string{c.ID, strconv.Itoa(r.opt.MaxSetMembers)}).AsStrSlice()
 	cancel()
 	if err = r.valkeyErr(err); err != nil {
 		return Decision{}, nil, err
 	}
 	if len(reply) == 0 {
 		return Decision{}, nil, fmt.Errorf("%w: claim script returned nothing", ErrRegistryUnavailable)
+	}
+	if reply[0] == "toomany" {
+		r.cleanup.shrink(destID)
+		return Decision{}, nil, fmt.Errorf("%w: %q has %s, at most %d are read", ErrTooManyMembers, destID, reply[1], r.opt.MaxSetMembers)
 	}
 	if reply[0] == "claimed" {
 		r.log.Debug("destination claimed", "destination", destID, "member", c.ID)

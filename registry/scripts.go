@@ -11,6 +11,10 @@ import "github.com/valkey-io/valkey-go"
 // exactly one member. It reads before writing so that claiming a new
 // destination costs three commands in all (EVALSHA, SMEMBERS, SADD).
 var claimScript = valkey.NewLuaScript(`
+local n = redis.call('SCARD', KEYS[1])
+if n > tonumber(ARGV[2]) then
+  return {'toomany', tostring(n)}
+end
 local m = redis.call('SMEMBERS', KEYS[1])
 if #m > 0 then
   table.insert(m, 1, 'found')
@@ -18,6 +22,17 @@ if #m > 0 then
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 return {'claimed', ARGV[1]}
+`)
+
+// boundedSetScript returns the destination set, or its size alone (an
+// integer) when that exceeds ARGV[1], so an oversized set costs one small
+// reply instead of megabytes.
+var boundedSetScript = valkey.NewLuaScript(`
+local n = redis.call('SCARD', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  return n
+end
+return redis.call('SMEMBERS', KEYS[1])
 `)
 
 // reassignScript removes the dead ids ARGV[2..] and, if that leaves the set
