@@ -94,4 +94,3 @@ func TestHugeDestinationSet(t *testing.T) {
 		t.Fatalf("cached destination p99 %s while the huge set was handled, want under 5ms", p99)
 	}
 }
-

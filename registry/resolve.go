@@ -247,13 +247,23 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 	if err != nil {
 		return strategy.Candidate{}, err
 	}
-	if len(v.live) == 0 {
+	live := v.live
+	if len(live) == 0 {
+		// A negative answer: confirm it against Valkey itself, past every
+		// cache (a member may have registered a moment ago).
+		if ids, rerr := r.readSet(ctx, r.keys.members()); rerr == nil && len(ids) > 0 {
+			if _, alive, cerr := r.confirmDead(ctx, ids); cerr == nil {
+				live = alive
+			}
+		}
+	}
+	if len(live) == 0 {
 		if err := r.recovery.hold(ctx); err != nil {
 			return strategy.Candidate{}, err // the members are expected back
 		}
 		return strategy.Candidate{}, fmt.Errorf("%w: no live member registered", ErrNoCapacity)
 	}
-	d, err := r.pick(destID, v.live, ResultHit)
+	d, err := r.pick(destID, live, ResultHit)
 	return d.Member, err
 }
 

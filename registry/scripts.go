@@ -6,28 +6,28 @@ import "github.com/valkey-io/valkey-go"
 // Valkey Cluster.
 
 // claimScript adds ARGV[1] to the destination set only if the set is still
-// empty. It returns {"claimed", ARGV[1]} or {"found", members...}.
-// Concurrent claims from any number of coordinators therefore leave
-// exactly one member. It reads before writing so that claiming a new
-// destination costs three commands in all (EVALSHA, SMEMBERS, SADD).
+// empty. It returns {"claimed", ARGV[1]}, {"found", members...}, or
+// {"toomany", size} for a set over ARGV[2] members. Concurrent claims from
+// any number of coordinators therefore leave exactly one member; claiming
+// a new destination costs three commands in all (EVALSHA, SCARD, SADD).
 var claimScript = valkey.NewLuaScript(`
 local n = redis.call('SCARD', KEYS[1])
+if n == 0 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  return {'claimed', ARGV[1]}
+end
 if n > tonumber(ARGV[2]) then
   return {'toomany', tostring(n)}
 end
 local m = redis.call('SMEMBERS', KEYS[1])
-if #m > 0 then
-  table.insert(m, 1, 'found')
-  return m
-end
-redis.call('SADD', KEYS[1], ARGV[1])
-return {'claimed', ARGV[1]}
+table.insert(m, 1, 'found')
+return m
 `)
 
 // boundedSetScript returns the destination set, or its size alone (an
 // integer) when that exceeds ARGV[1], so an oversized set costs one small
 // reply instead of megabytes.
-var boundedSetScript = valkey.NewLuaScript(`
+var boundedSetScript = valkey.NewLuaScriptReadOnly(`
 local n = redis.call('SCARD', KEYS[1])
 if n > tonumber(ARGV[1]) then
   return n
