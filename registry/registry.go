@@ -348,7 +348,7 @@ func (r *Registry) logBadAddress(memberID, address string, err error) {
 	}
 	r.badAddrMu.Unlock()
 	if !seen {
-		r.log.Warn("member address is not routable; member skipped", "member", memberID, "address", address, "err", err)
+		r.log.Warn("member address is not routable; member skipped", "member", clip(memberID), "address", clip(address), "err", clip(err.Error()))
 	}
 }
 
@@ -365,4 +365,14 @@ func refuseSentinel(ctx context.Context, c valkey.Client, timeout time.Duration)
 		return fmt.Errorf("registry: %w", ErrSentinelAddress)
 	}
 	return nil
+}
+
+// clip cuts a registry string (any pod can write one) for a log line; the
+// log handler escapes what remains.
+func clip(s string) string {
+	const max = 200
+	if len(s) <= max {
+		return s
+	}
+	return fmt.Sprintf("%s…(%d bytes)", s[:max], len(s))
 }

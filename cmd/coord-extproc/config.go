@@ -120,36 +120,54 @@ func (c *Config) serveFlags() []flagSpec {
 	}, c.registryFlags()...)
 }
 
+// lookupEnv is os.LookupEnv: a variable set to "" means what an empty flag
+// means, an unset one leaves the default.
+type lookupEnv func(string) (string, bool)
+
 // parse binds specs to a new flag set, applies environment twins, then the
-// command line. Usage lists every flag with its env twin and default.
-func parse(name, synopsis string, specs []flagSpec, args []string, getenv func(string) string, stderr io.Writer) (*flag.FlagSet, error) {
+// command line, where flags and up to maxArgs positional arguments may come
+// in any order; it returns the positional arguments. Usage (every flag with
+// its env twin and default) is printed once, for --help only.
+func parse(name, synopsis string, specs []flagSpec, args []string, env lookupEnv, stderr io.Writer, maxArgs int) ([]string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // errors are reported once, by the caller
 	for _, s := range specs {
 		s.bind(fs, s.name, s.usage)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: coord-extproc %s\n\nFlags (each has an environment twin; flags win over the environment):\n", synopsis)
-		for _, s := range specs {
-			f := fs.Lookup(s.name)
-			fmt.Fprintf(stderr, "  --%s (env %s, default %q)\n      %s\n", s.name, s.env, f.DefValue, s.usage)
-		}
-	}
 	for _, s := range specs {
-		if v := getenv(s.env); v != "" {
+		if v, ok := env(s.env); ok {
 			if err := fs.Set(s.name, v); err != nil {
 				return nil, fmt.Errorf("environment %s=%q: %w", s.env, v, err)
 			}
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
-			return nil, err
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				printUsage(stderr, synopsis, specs, fs)
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %w (see coord-extproc %s --help)", errUsage, err, name)
 		}
-		return nil, fmt.Errorf("%w (see coord-extproc %s --help)", err, name)
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		if len(positional) == maxArgs {
+			return nil, fmt.Errorf("%w: unexpected argument %q (see coord-extproc %s --help)", errUsage, fs.Arg(0), name)
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	return fs, nil
+}
+
+func printUsage(w io.Writer, synopsis string, specs []flagSpec, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: coord-extproc %s\n\nFlags (each has an environment twin; flags win over the environment):\n", synopsis)
+	for _, s := range specs {
+		f := fs.Lookup(s.name)
+		fmt.Fprintf(w, "  --%s (env %s, default %q)\n      %s\n", s.name, s.env, f.DefValue, s.usage)
+	}
 }
 
 // Validate checks every setting and says what is wrong with it.

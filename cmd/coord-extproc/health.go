@@ -15,10 +15,10 @@ import (
 
 // healthCheck asks a running server for its gRPC health, for container
 // health checks in images that carry no other tool.
-func healthCheck(ctx context.Context, cfg *Config, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func healthCheck(ctx context.Context, cfg *Config, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 	spec := []flagSpec{{"listen", "COORD_LISTEN", "address of the server to check",
 		func(fs *flag.FlagSet, n, u string) { fs.StringVar(&cfg.Listen, n, cfg.Listen, u) }}}
-	if _, err := parse("health", "health [--listen ADDR]", spec, args, getenv, stderr); err != nil {
+	if _, err := parse("health", "health [--listen ADDR]", spec, args, env, stderr, 0); err != nil {
 		return err
 	}
 	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))

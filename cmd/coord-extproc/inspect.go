@@ -14,21 +14,22 @@ import (
 
 // inspect runs the operator subcommands: straight reads of the registry,
 // no caches involved.
-func inspect(ctx context.Context, cmd string, cfg *Config, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func inspect(ctx context.Context, cmd string, cfg *Config, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 	synopsis := map[string]string{"members": "members [flags]", "destination": "destination <id> [flags]", "lock": "lock <id> [flags]"}[cmd]
-	var id string
-	if cmd != "members" {
-		if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
-			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-				_, err := parse(cmd, synopsis, cfg.registryFlags(), args, getenv, stderr)
-				return err
-			}
-			return fmt.Errorf("%w: coord-extproc %s needs an id", errUsage, synopsis)
-		}
-		id, args = args[0], args[1:]
+	want := 1
+	if cmd == "members" {
+		want = 0
 	}
-	if _, err := parse(cmd, synopsis, cfg.registryFlags(), args, getenv, stderr); err != nil {
+	pos, err := parse(cmd, synopsis, cfg.registryFlags(), args, env, stderr, want)
+	if err != nil {
 		return err
+	}
+	if len(pos) != want {
+		return fmt.Errorf("%w: coord-extproc %s needs an id", errUsage, synopsis)
+	}
+	var id string
+	if want == 1 {
+		id = pos[0]
 	}
 	if _, err := cfg.logLevel(); err != nil {
 		return err
@@ -58,16 +59,20 @@ func inspect(ctx context.Context, cmd string, cfg *Config, args []string, getenv
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "destination %s: %d member(s)\n", id, len(ms))
+		fmt.Fprintf(w, "destination %s: %d member(s)\n", printable(id), len(ms))
 		printMembers(w, ms)
 	case "lock":
 		l, err := reg.DescribeLock(ctx, id)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "lock %s\tTTL %s\n", id, ttl(l.TTL))
+		fmt.Fprintf(w, "lock %s\tTTL %s\n", printable(id), ttl(l.TTL))
 		for _, k := range slices.Sorted(maps.Keys(l.Fields)) {
-			fmt.Fprintf(w, "  %s\t%s\n", k, l.Fields[k])
+			fmt.Fprintf(w, "  %s\t%s\n", printable(k), printable(l.Fields[k]))
+		}
+		if l.Owner.ID == "" {
+			fmt.Fprintln(w, "owner: none (the record has no podId; requests for it answer 410)")
+			return nil
 		}
 		fmt.Fprintln(w, "owner:")
 		printMembers(w, []registry.MemberInfo{l.Owner})
@@ -78,7 +83,7 @@ func inspect(ctx context.Context, cmd string, cfg *Config, args []string, getenv
 func printMembers(w io.Writer, ms []registry.MemberInfo) {
 	fmt.Fprintln(w, "ID\tADDRESS\tLIVE\tLOAD\tTTL")
 	for _, m := range ms {
-		fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\n", m.ID, m.Address, m.Live, m.Load, ttl(m.TTL))
+		fmt.Fprintf(w, "%s\t%s\t%v\t%d\t%s\n", printable(m.ID), printable(m.Address), m.Live, m.Load, ttl(m.TTL))
 	}
 }
 

@@ -19,7 +19,7 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	err := Main(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	stop()
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
@@ -48,15 +48,26 @@ Run 'coord-extproc <command> --help' for a command's flags.
 `
 
 // Main runs one command line; ctx ends the server gracefully.
-func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func Main(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch a := args[0]; {
+		case a == "-h" || a == "-help" || a == "--help" || a == "help":
+			fmt.Fprint(stdout, topUsage+"\n")
+			cfg := defaultConfig()
+			_, _ = parse("serve", "[serve] [flags]", cfg.serveFlags(), []string{"--help"}, env, stdout, 0)
+			return flag.ErrHelp
+		case a == "-version" || a == "--version":
+			args = append([]string{"version"}, args[1:]...)
+		}
+		if a := args[0]; a != "" && a[0] != '-' {
+			cmd, args = a, args[1:]
+		}
 	}
 	cfg := defaultConfig()
 	switch cmd {
 	case "serve":
-		if _, err := parse("serve", "serve [flags]", cfg.serveFlags(), args, getenv, stderr); err != nil {
+		if _, err := parse("serve", "serve [flags]", cfg.serveFlags(), args, env, stderr, 0); err != nil {
 			return err
 		}
 		if err := cfg.Validate(); err != nil {
@@ -64,16 +75,15 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		}
 		return serve(ctx, cfg, stderr)
 	case "members", "destination", "lock":
-		return inspect(ctx, cmd, &cfg, args, getenv, stdout, stderr)
+		return inspect(ctx, cmd, &cfg, args, env, stdout, stderr)
 	case "health":
-		return healthCheck(ctx, &cfg, args, getenv, stdout, stderr)
+		return healthCheck(ctx, &cfg, args, env, stdout, stderr)
 	case "version":
+		if len(args) > 0 {
+			return fmt.Errorf("%w: version takes no arguments, got %q", errUsage, args[0])
+		}
 		fmt.Fprintln(stdout, "coord-extproc", version)
 		return nil
-	case "help":
-		fmt.Fprint(stdout, topUsage)
-		return nil
 	}
-	fmt.Fprint(stderr, topUsage)
-	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	return fmt.Errorf("%w: unknown command %q (see coord-extproc --help)", errUsage, cmd)
 }

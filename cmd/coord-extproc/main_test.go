@@ -25,7 +25,9 @@ import (
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 )
 
-func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+func env(kv map[string]string) lookupEnv {
+	return func(k string) (string, bool) { v, ok := kv[k]; return v, ok }
+}
 
 type syncBuffer = logbuf.Buffer
 
