@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -44,10 +43,10 @@ func TestCommandLine(t *testing.T) {
 		{"unknown command", []string{"launch"}, nil, errUsage, `unknown command "launch"`, "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var out bytes.Buffer
+			out := &syncBuffer{}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err := Main(ctx, tc.args, env(tc.env), &out, &out)
+			err := Main(ctx, tc.args, env(tc.env), out, out)
 			switch {
 			case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
@@ -83,11 +82,11 @@ func TestOperatorOutputIsSafe(t *testing.T) {
 		valkeytest.Do(t, c, "HSET", "coordinator:member:"+id, "address", addr, "load", "0")
 	}
 	valkeytest.Do(t, c, "HSET", "coordinator:lock:orphaned", "destinationId", "t1", "note", "\x1b[31mred")
-	var out bytes.Buffer
-	if err := Main(context.Background(), []string{"members", "--valkey", srv.URL()}, env(nil), &out, &out); err != nil {
+	out := &syncBuffer{}
+	if err := Main(context.Background(), []string{"members", "--valkey", srv.URL()}, env(nil), out, out); err != nil {
 		t.Fatal(err)
 	}
-	if err := Main(context.Background(), []string{"lock", "orphaned", "--valkey", srv.URL()}, env(nil), &out, &out); err != nil {
+	if err := Main(context.Background(), []string{"lock", "orphaned", "--valkey", srv.URL()}, env(nil), out, out); err != nil {
 		t.Fatal(err)
 	}
 	got := out.String()
