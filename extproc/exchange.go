@@ -115,6 +115,10 @@ func (x *exchange) onResponseBody(ctx context.Context, b *extprocv3.HttpBody) *e
 	if !x.awaiting || !x.o.rule.WantsBody() {
 		return continueResponseBody()
 	}
+	if x.status != x.o.rule.ExpectedStatus { // Envoy sends headers first; defensive
+		x.done(ResultUpstreamError, "create response body without its expected status: not bound", "status", x.status)
+		return continueResponseBody()
+	}
 	if len(b.GetBody()) > x.s.opt.BodyLimit {
 		x.done(ResultUpstreamError, "create response body over the limit: not bound", "bytes", len(b.GetBody()), "limit", x.s.opt.BodyLimit)
 		return continueResponseBody()

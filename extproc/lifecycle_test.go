@@ -111,9 +111,9 @@ func TestDelete(t *testing.T) {
 		}
 	})
 	t.Run("dead pod: answered without any upstream", func(t *testing.T) {
-		status, body, _ := immediateOf(e.headersOnly(t, "DELETE", "/tenants/deadpod"))
-		if status != 204 || body != "" {
-			t.Fatalf("immediate %d %q, want 204 with no body", status, body)
+		status, body, hdrs := immediateOf(e.headersOnly(t, "DELETE", "/tenants/deadpod"))
+		if status != 204 || body != "" || hdrs["content-type"] != "" {
+			t.Fatalf("immediate %d %q %v, want 204 with no body and no content type", status, body, hdrs)
 		}
 		if got := smembers(t, e, "coordinator:destination:deadpod"); len(got) != 0 {
 			t.Fatalf("binding still %v", got)
@@ -127,4 +127,20 @@ func TestDelete(t *testing.T) {
 			t.Fatalf("status %d", status)
 		}
 	})
+}
+
+// A create response body that arrives without response headers (Envoy
+// always sends them first) is never bound: no status was checked.
+func TestCreateBodyWithoutHeadersIsNotBound(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	s := e.open(t)
+	defer s.close()
+	s.send(reqHeaders("POST", "/tenants"))
+	if last := s.send(respBody(`{"tenantId":"t-skipped"}`)); last.GetResponseBody() == nil {
+		t.Fatalf("response body answered with %v", last)
+	}
+	if got := smembers(t, e, "coordinator:destination:t-skipped"); len(got) != 0 {
+		t.Fatalf("bound without a status check: %v", got)
+	}
 }

@@ -96,13 +96,14 @@ func (s *Server) passHeaders() *extprocv3.ProcessingResponse {
 }
 
 func immediate(status int, message string, retry bool) *extprocv3.ProcessingResponse {
-	hdrs := []*corev3.HeaderValueOption{setHeader("content-type", "application/json")}
+	var hdrs []*corev3.HeaderValueOption
+	var body []byte
+	if message != "" { // an empty answer (a 204) carries no content type
+		body = errorBody(message)
+		hdrs = append(hdrs, setHeader("content-type", "application/json"))
+	}
 	if retry {
 		hdrs = append(hdrs, setHeader("retry-after", retryAfterSeconds))
-	}
-	var body []byte
-	if message != "" {
-		body = errorBody(message)
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 		ImmediateResponse: &extprocv3.ImmediateResponse{

@@ -105,3 +105,12 @@ func (r *Rule) ValidID(id string) bool {
 
 // WantsBody reports whether a create rule needs the response body.
 func (r *Rule) WantsBody() bool { return r.Action == ActionCreate && r.IDFromJSON != "" }
+
+// matchesEverything reports whether the rule matches every request: no
+// method list, no id header to require, and no path or a path of "/**".
+func (r *Rule) matchesEverything() bool {
+	if len(r.methods) > 0 || r.idHeader() != "" {
+		return false
+	}
+	return r.tmpl == nil || (len(r.tmpl.segs) == 1 && r.tmpl.segs[0].kind == segRest)
+}

@@ -159,6 +159,11 @@ func TestFileErrorsNameTheRule(t *testing.T) {
 		{"duplicate name", "rules:\n  - name: r\n    action: pass\n  - name: r\n    action: pass\n", `rule 2 (r): duplicate name`},
 		{"no rules", "rules: []\n", "no rules"},
 		{"upper-case header", "rules:\n  - name: r1\n    destination_header: X-Dest\n    action: route\n", "lower-case header name"},
+		{"second document", "rules:\n  - name: r1\n    action: pass\n---\nrules:\n  - name: r2\n    action: bogus\n", "line 4: a second YAML document"},
+		{"empty file", "", "the file is empty"},
+		{"comments only", "# nothing yet\n", "the file is empty"},
+		{"catch-all first", "rules:\n  - name: all\n    action: pass\n  - name: tenants\n    path: /t/{destination}\n    action: route\n", "rule 1 (all) matches every request, so rule 2 (tenants)"},
+		{"/** catch-all first", "rules:\n  - name: all\n    path: /**\n    action: pass\n  - name: t\n    path: /t/{destination}\n    action: route\n", "never reached"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,5 +185,16 @@ func TestMatchAllocations(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("Match allocates %v times", n)
+	}
+}
+
+// An unnamed rule never takes the name an explicit rule already has.
+func TestAutomaticNamesAreUnique(t *testing.T) {
+	tbl, err := Parse([]byte("rules:\n  - name: rule-2\n    path: /a\n    action: pass\n  - path: /b\n    action: pass\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := tbl.Rules[0].Name, tbl.Rules[1].Name; a == b {
+		t.Fatalf("two rules named %q", a)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strings"
@@ -86,8 +87,18 @@ func Parse(data []byte) (*Table, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var f file
-	if err := dec.Decode(&f); err != nil {
+	if err := dec.Decode(&f); errors.Is(err, io.EOF) {
+		return nil, errors.New("the file is empty (or only comments): it needs a rules: list")
+	} else if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		line := extra.Line
+		if err != nil {
+			return nil, fmt.Errorf("after the first YAML document: %w", err)
+		}
+		return nil, fmt.Errorf("line %d: a second YAML document; a route file holds one (it would be ignored)", line)
 	}
 	if len(f.Rules) == 0 {
 		return nil, errors.New("no rules")
@@ -115,11 +126,28 @@ func Parse(data []byte) (*Table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
-		if r.Name == "" {
-			r.Name = fmt.Sprintf("rule-%d", i+1)
-		}
 		names[r.Name] = true
 		t.Rules = append(t.Rules, r)
+	}
+	// Unnamed rules are named after their position, unless that name is
+	// taken by an explicit one.
+	for i, r := range t.Rules {
+		if r.Name != "" {
+			continue
+		}
+		r.Name = fmt.Sprintf("rule-%d", i+1)
+		for n := 2; names[r.Name]; n++ {
+			r.Name = fmt.Sprintf("rule-%d-%d", i+1, n)
+		}
+		names[r.Name] = true
+	}
+	// A rule that matches every request makes the rest dead weight: say so
+	// rather than leave the author wondering why they never apply.
+	for i, r := range t.Rules[:len(t.Rules)-1] {
+		if r.matchesEverything() {
+			return nil, fmt.Errorf("rule %d (%s) matches every request, so rule %d (%s) and any after it are never reached; put catch-all rules last",
+				i+1, r.Name, i+2, t.Rules[i+1].Name)
+		}
 	}
 	return t, nil
 }

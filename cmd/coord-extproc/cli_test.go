@@ -107,3 +107,13 @@ func TestOperatorOutputIsSafe(t *testing.T) {
 		t.Fatalf("a CR/LF in a record broke the table:\n%s", got)
 	}
 }
+
+// JSON logs print durations as text ("15s"), not nanoseconds.
+func TestJSONLogDurations(t *testing.T) {
+	cfg := defaultConfig()
+	out := &syncBuffer{}
+	cfg.logger(out).Info("drain", "grace", 15*time.Second)
+	if !strings.Contains(out.String(), `"grace":"15s"`) {
+		t.Fatalf("log line %s", out.String())
+	}
+}

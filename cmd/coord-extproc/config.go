@@ -288,7 +288,12 @@ func (c *Config) logLevel() (slog.Level, error) {
 
 func (c *Config) logger(w io.Writer) *slog.Logger {
 	level, _ := c.logLevel()
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration { // "15s", not 15000000000
+			a.Value = slog.StringValue(a.Value.Duration().String())
+		}
+		return a
+	}}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
