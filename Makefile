@@ -4,7 +4,7 @@ BIN     := bin/coord-extproc
 PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help deps build test bench lint demo clean
+.PHONY: help deps build test bench fuzz lint demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
@@ -24,6 +24,14 @@ bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, re
 	@mkdir -p bench/results
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy | tee bench/results/micro.txt
 	$(GO) run ./bench/run --coord $(BIN) --ceiling bin/ceiling --micro bench/results/micro.txt --out bench/results
+
+FUZZTIME ?= 30s
+FUZZ := route:FuzzParse route:FuzzMatch registry:FuzzAddress registry:FuzzValidateID extproc:FuzzExchange extproc:FuzzAuthz
+
+fuzz: ## run each fuzz target for FUZZTIME (make test runs their seed corpora); findings land in testdata/fuzz
+	@set -e; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t#*:}; \
+	  echo "== $$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg; done
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
