@@ -357,3 +357,43 @@ func TestValkeyOutageMidTraffic(t *testing.T) {
 		}
 	})
 }
+
+// Path steps cannot reach another tenant's data on the wrong pod: the
+// shipped configs normalise the path before coord-extproc reads the id
+// from it, and refuse escaped slashes (SPEC §5.5, issue: path traversal).
+func TestPathStepsCannotCrossTenants(t *testing.T) {
+	eachGateway(t, stackOptions{}, func(t *testing.T, s *stack) {
+		owners := map[string]string{}
+		for i := 0; len(owners) < 2 || owners["t1"] == owners["t2"]; i++ {
+			if i > 12 {
+				t.Fatal("could not place t1 and t2 on different pods")
+			}
+			name := fmt.Sprintf("t%d", len(owners)+1)
+			if len(owners) == 2 {
+				s.do(0, "DELETE", "/tenants/t2", "")
+				delete(owners, "t2")
+				name = "t2"
+			}
+			owners[name] = s.mustCreate(0, name)
+		}
+		s.do(0, "PUT", "/tenants/t2/keys/k", "secret")
+		for _, tc := range []struct {
+			path, by string
+			status   int
+		}{
+			{"/tenants/t1/../t2/keys/k", owners["t2"], 200},
+			{"/tenants/t1/%2E%2E/t2/keys/k", owners["t2"], 200},
+			{"/tenants/t1/../../admin", "", 404},
+			{"/tenants/t1%2F..%2Ft2/keys/k", "", 400},
+			{"/tenants/t1//keys/k", owners["t1"], 404}, // merged: t1's own (missing) key
+		} {
+			a := s.do(0, "GET", tc.path, "")
+			if a.status != tc.status || a.servedBy != tc.by {
+				t.Errorf("GET %s: %d by %q, want %d by %q (%s)", tc.path, a.status, a.servedBy, tc.status, tc.by, a.raw)
+			}
+			if a.servedBy == owners["t1"] && strings.Contains(a.raw, "secret") {
+				t.Errorf("GET %s: t2's data served by t1's pod", tc.path)
+			}
+		}
+	})
+}

@@ -40,6 +40,7 @@ type config struct {
 
 	routes   []route
 	clusters map[string]*podCluster
+	paths    pathPolicy
 }
 
 type upstream struct {
@@ -80,6 +81,10 @@ func fromBootstrap(b *bootstrapv3.Bootstrap) (*config, error) {
 	var hcm hcmv3.HttpConnectionManager
 	if err := ls[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 		return nil, fmt.Errorf("http_connection_manager: %w", err)
+	}
+	var err error
+	if c.paths, err = readPathPolicy(&hcm); err != nil {
+		return nil, err
 	}
 	if err := c.readFilters(hcm.GetHttpFilters()); err != nil {
 		return nil, err

@@ -43,6 +43,15 @@ type localReply struct {
 func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	h := requestHeaders(r)
+	// The connection manager's path handling comes before every filter.
+	if raw, _ := h.get(":path"); raw != "" {
+		path, ok := g.cfg.paths.apply(raw)
+		if !ok {
+			g.writeLocal(w, &localReply{status: 400, body: []byte("Bad Request"), details: "path_normalization_failed"})
+			return
+		}
+		h.set(":path", path)
+	}
 	h.add("x-forwarded-proto", "http")
 	var p *processor
 	if g.cfg.api == "ext_proc" {
