@@ -91,3 +91,28 @@ func TestDecisionTimeBudget(t *testing.T) {
 		})
 	}
 }
+
+// The same through the real server and a real valkey-server stopped
+// (SIGSTOP) part-way: no decision answers later than its budget + 20 ms.
+func TestDecisionBudgetWithValkeyStopped(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	e.do(t, "SADD", "coordinator:destination:bound", "live")
+	e.headersOnly(t, "GET", "/tenants/bound/x") // warm: this one stays a cache hit
+	e.srv.Pause()
+	t.Cleanup(e.srv.Resume)
+	for _, tc := range []struct{ method, path string }{
+		{"DELETE", "/tenants/uncached"},         // Route, then Lookup, then Delete
+		{"GET", "/claim/new"},                   // claim path
+		{"GET", "/transactions/tx-unknown/x"},   // lock read and its confirmation
+		{"GET", "/tenants/other-uncached/keys"}, // read, then confirm the negative
+	} {
+		start := time.Now()
+		status, _, _ := immediateOf(e.headersOnly(t, tc.method, tc.path))
+		took := time.Since(start)
+		t.Logf("%s %s with Valkey stopped: %d after %s", tc.method, tc.path, status, took.Round(time.Millisecond))
+		if took > registry.DefaultDecisionTimeout+20*time.Millisecond || status != 503 {
+			t.Errorf("%s %s: %d after %s, want 503 within %s", tc.method, tc.path, status, took, registry.DefaultDecisionTimeout+20*time.Millisecond)
+		}
+	}
+}
