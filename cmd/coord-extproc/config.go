@@ -35,6 +35,7 @@ type Config struct {
 	StaleMax         time.Duration
 	DecisionTimeout  time.Duration
 	AllowUpstream    string
+	MaxSetMembers    int
 	RecoveryHoldMax  time.Duration
 	MetricsListen    string
 	LogLevel         string
@@ -56,6 +57,7 @@ func defaultConfig() Config {
 		ValkeyTimeout:    registry.DefaultTimeout,
 		StaleMax:         registry.DefaultStaleMax,
 		DecisionTimeout:  registry.DefaultDecisionTimeout,
+		MaxSetMembers:    registry.DefaultMaxSetMembers,
 		RecoveryHoldMax:  registry.DefaultHoldMax,
 		MetricsListen:    "127.0.0.1:9090",
 		LogLevel:         "info",
@@ -99,6 +101,8 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.CacheTTL, n, c.CacheTTL, u) }},
 		{"cache-size", "COORD_CACHE_SIZE", "entries in each in-process cache (destinations, members, locks)",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.CacheSize, n, c.CacheSize, u) }},
+		{"max-set-members", "COORD_MAX_SET_MEMBERS", "largest destination set read; a larger one answers 503 at once and is shrunk in the background as dead members are removed",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.MaxSetMembers, n, c.MaxSetMembers, u) }},
 		{"allow-upstream", "COORD_ALLOW_UPSTREAM", "comma-separated CIDRs accepted as upstreams although refused by default (loopback, link-local incl. 169.254.169.254, multicast, unspecified), e.g. 127.0.0.0/8 for pods on this host",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.AllowUpstream, n, c.AllowUpstream, u) }},
 		{"decision-timeout", "COORD_DECISION_TIMEOUT", "time budget of one decision: all its Valkey calls together; keep it below Envoy's ext_proc message_timeout (200ms by default)",
@@ -197,6 +201,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
+	}
+	if c.MaxSetMembers <= 0 {
+		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))
 	}
 	if c.CacheSize <= 0 {
 		errs = append(errs, fmt.Errorf("--cache-size %d: must be positive", c.CacheSize))

@@ -113,7 +113,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		connected <- connect(cctx, registry.Options{
 			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, MaxSetMembers: cfg.MaxSetMembers,
 		}, reg, hs, log)
 	}()
 
