@@ -22,7 +22,9 @@ test: deps ## unit and end-to-end tests with the race detector (real valkey-serv
 bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, report in bench/results
 	$(GO) build -o bin/ceiling ./bench/ceiling
 	@mkdir -p bench/results
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy | tee bench/results/micro.txt
+	@# not "| tee": a pipe would hide a failing benchmark
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy > bench/results/micro.txt; \
+	  status=$$?; cat bench/results/micro.txt; exit $$status
 	$(GO) run ./bench/run --coord $(BIN) --ceiling bin/ceiling --micro bench/results/micro.txt --out bench/results
 
 FUZZTIME ?= 30s
