@@ -125,24 +125,30 @@ func (h *recovery) onFlush() {
 // a request to need it.
 func (h *recovery) run() {
 	defer h.wg.Done()
-	backoff := 20 * time.Millisecond
+	const minRetry, maxRetry = 20 * time.Millisecond, 200 * time.Millisecond
+	backoff := minRetry
 	for {
+		// Verified: sleep until an event. Not yet: retry with back-off.
+		var retry <-chan time.Time
+		if !h.isVerified() {
+			retry = time.After(backoff)
+		}
 		select {
 		case <-h.quit:
 			return
 		case <-h.kick:
-		case <-time.After(backoff):
-			if h.isVerified() {
-				continue
-			}
+		case <-retry:
+		}
+		if h.isVerified() {
+			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), h.r.opt.Timeout)
 		err := h.verify(ctx)
 		cancel()
 		if err == nil {
-			backoff = 20 * time.Millisecond
+			backoff = minRetry
 		} else {
-			backoff = min(2*backoff, 200*time.Millisecond)
+			backoff = min(2*backoff, maxRetry)
 		}
 	}
 }
