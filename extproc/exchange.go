@@ -187,36 +187,35 @@ func (x *exchange) finish() {
 func headerValue(hdrs []*corev3.HeaderValue, name string) string {
 	for _, h := range hdrs {
 		if h.GetKey() == name {
-			if len(h.GetRawValue()) > 0 {
-				return string(h.GetRawValue())
-			}
-			return h.GetValue()
+			return valueOf(h)
 		}
 	}
 	return ""
+}
+
+// valueOf is a header's value: raw_value when Envoy sent one, else value.
+func valueOf(h *corev3.HeaderValue) string {
+	if len(h.GetRawValue()) > 0 {
+		return string(h.GetRawValue())
+	}
+	return h.GetValue()
 }
 
 // requestHeader is headerValue for the request headers a route reads:
 // a header present more than once is route.RepeatedHeader, never one of
 // its values (SPEC §5.2), so both APIs refuse it alike.
 func requestHeader(hdrs []*corev3.HeaderValue, name string) string {
-	n, first := 0, -1
-	for i, h := range hdrs {
+	var found *corev3.HeaderValue
+	for _, h := range hdrs {
 		if h.GetKey() == name {
-			if n++; first < 0 {
-				first = i
+			if found != nil {
+				return route.RepeatedHeader
 			}
+			found = h
 		}
 	}
-	switch {
-	case n == 0:
+	if found == nil {
 		return ""
-	case n > 1:
-		return route.RepeatedHeader
 	}
-	h := hdrs[first]
-	if len(h.GetRawValue()) > 0 {
-		return string(h.GetRawValue())
-	}
-	return h.GetValue()
+	return valueOf(found)
 }

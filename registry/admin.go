@@ -29,7 +29,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 	}
 	ids := e.set.ids
 	if len(ids) == 0 {
-		if ids, err = r.readDest(ctx, destID, r.keys.dest(destID)); err != nil {
+		if ids, err = r.readDest(ctx, destID); err != nil {
 			return Binding{}, err
 		}
 		if len(ids) == 0 {

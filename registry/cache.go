@@ -148,20 +148,19 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 // tracking invalidates it like any key under the prefix, however read.
 func (r *Registry) fetchDest(ctx context.Context, destID string, now time.Time) (*setEntry, error) {
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
-	key := r.keys.dest(destID)
-	ids, err := r.readDest(ctx, destID, key)
+	ids, err := r.readDest(ctx, destID)
 	if err != nil {
 		return nil, err
 	}
-	return r.storeSet(key, ids, seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) }), nil
+	return r.storeSet(r.keys.dest(destID), ids, seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) }), nil
 }
 
 // readDest reads a destination set straight from Valkey, refusing (and
 // queueing for shrinking) one over MaxSetMembers.
-func (r *Registry) readDest(ctx context.Context, destID, key string) ([]string, error) {
+func (r *Registry) readDest(ctx context.Context, destID string) ([]string, error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
-	res := boundedSetScript.Exec(ctx, r.client, []string{key}, []string{strconv.Itoa(r.opt.MaxSetMembers)})
+	res := boundedSetScript.Exec(ctx, r.client, []string{r.keys.dest(destID)}, []string{strconv.Itoa(r.opt.MaxSetMembers)})
 	if n, err := res.AsInt64(); err == nil {
 		r.cleanup.shrink(destID)
 		return nil, fmt.Errorf("%w: %q has %d, at most %d are read", ErrTooManyMembers, destID, n, r.opt.MaxSetMembers)
@@ -283,23 +282,20 @@ func (r *Registry) memberFromFields(id string, fields map[string]string) *member
 	}
 	e.live = true
 	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
-	e.dnsGen = r.addrs.gen.Load()                        // before resolving: a change racing with it makes e stale
+	if host, _, err := splitAddress(raw); err == nil {
+		if _, perr := netip.ParseAddr(host); perr != nil {
+			e.host = host // rebuilt when its DNS answer appears or changes (onResolved)
+		}
+	}
+	e.dnsGen = r.addrs.gen.Load() // before resolving: a change racing with it makes e stale
 	addr, err := r.addrs.resolve(raw)
 	if err != nil {
-		// Live but unroutable; a hostname still resolving is rebuilt when
-		// its answer arrives (onResolved), and is no error worth a log.
-		if host, _, herr := splitAddress(raw); herr == nil {
-			e.host = host
-		}
+		// Live but unroutable; a hostname still resolving is no error
+		// worth a log.
 		if !errors.Is(err, ErrResolving) {
 			r.logBadAddress(id, raw, err)
 		}
 		return e
-	}
-	if host, _, herr := splitAddress(raw); herr == nil {
-		if _, perr := netip.ParseAddr(host); perr != nil {
-			e.host = host // re-resolved when its DNS answer changes
-		}
 	}
 	e.addr = addr
 	return e

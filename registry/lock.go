@@ -13,7 +13,6 @@ type lockEntry struct {
 	exists bool
 	podID  string
 	destID string
-	res    valkey.ValkeyResult // the reply it was read from (for its read time)
 }
 
 // RouteLock returns the pod holding lockID. Errors wrap ErrInvalidID,
@@ -42,7 +41,7 @@ func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Ti
 	}
 	if !l.exists {
 		g := r.recovery.begin(ctx)
-		if l, err = r.readLock(ctx, lockID, false); err != nil {
+		if l, _, err = r.readLock(ctx, lockID, false, now); err != nil {
 			return Decision{}, err
 		}
 		if !l.exists {
@@ -87,11 +86,11 @@ func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time)
 		return l, nil
 	}
 	seq, gen := r.invSeq.Load(), r.flushGen.Load()
-	l, err := r.readLock(ctx, lockID, true)
+	l, readAt, err := r.readLock(ctx, lockID, true, now)
 	if err != nil {
 		return nil, err
 	}
-	r.stamp(&l.freshness, r.readAt(l.res, now), gen, r.keys.lock(lockID))
+	r.stamp(&l.freshness, readAt, gen, r.keys.lock(lockID))
 	r.locks.Add(lockID, l)
 	if r.invSeq.Load() != seq {
 		l.invalid.Store(true)
@@ -100,8 +99,8 @@ func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time)
 }
 
 // readLock reads a lock record, through the tracked cache or straight
-// from Valkey (to confirm a negative answer).
-func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*lockEntry, error) {
+// from Valkey (to confirm a negative answer), and when it was read (readAt).
+func (r *Registry) readLock(ctx context.Context, lockID string, cached bool, now time.Time) (*lockEntry, time.Time, error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	key := r.keys.lock(lockID)
@@ -113,9 +112,9 @@ func (r *Registry) readLock(ctx context.Context, lockID string, cached bool) (*l
 	}
 	fields, err := res.AsStrMap()
 	if err = r.valkeyErr(err); err != nil {
-		return nil, err
+		return nil, now, err
 	}
-	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest], res: res}, nil
+	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest]}, r.readAt(res, now), nil
 }
 
 // staleLock answers from the last known lock and owner records when Valkey

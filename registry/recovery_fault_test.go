@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -178,7 +179,7 @@ func runWipeRounds(t *testing.T, wipe string, rounds int) {
 		if len(back) < len(ids) {
 			t.Fatalf("round %d: only %v re-registered within %s", round, back, 3*interval)
 		}
-		last := slices.Max(mapsValues(back))
+		last := slices.Max(slices.Collect(maps.Values(back)))
 		for _, d := range back {
 			delays = append(delays, d)
 		}
@@ -218,12 +219,4 @@ func runWipeRounds(t *testing.T, wipe string, rounds int) {
 	if worst := delays[len(delays)-1]; worst > interval+200*time.Millisecond {
 		t.Errorf("a member re-asserted %s after Valkey answered, more than one heartbeat interval (%s)", worst, interval)
 	}
-}
-
-func mapsValues(m map[string]time.Duration) []time.Duration {
-	out := make([]time.Duration, 0, len(m))
-	for _, v := range m {
-		out = append(out, v)
-	}
-	return out
 }

@@ -127,7 +127,7 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
 	g := r.recovery.begin(ctx)
-	ids, err := r.readDest(ctx, destID, r.keys.dest(destID))
+	ids, err := r.readDest(ctx, destID)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -148,8 +148,8 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 // the cache like a read).
 func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d Decision, found *setEntry, err error) {
 	g := r.recovery.begin(ctx)
-	if err := g.settle(ctx); err != nil {
-		return Decision{}, nil, err
+	if g.before != nil { // never claim during a hold
+		return Decision{}, nil, g.before
 	}
 	c, err := r.pickLive(ctx, destID, now)
 	if err != nil {

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"math"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,7 +96,7 @@ func (s *shards) overdue(rot int, after int64, now int64) bool {
 func (s *shards) oldest(mask uint64) int64 {
 	out := int64(math.MaxInt64)
 	for mask != 0 {
-		i := trailingZeros(mask)
+		i := bits.TrailingZeros64(mask)
 		out = min(out, s.lanes[i].confirmed.Load())
 		mask &^= 1 << i
 	}
@@ -103,15 +104,6 @@ func (s *shards) oldest(mask uint64) int64 {
 		return math.MinInt64
 	}
 	return out
-}
-
-func trailingZeros(x uint64) int {
-	n := 0
-	for x&1 == 0 {
-		x >>= 1
-		n++
-	}
-	return n
 }
 
 // refresh reads the slot map (Cluster only) and reassigns slots to lanes.
