@@ -14,7 +14,8 @@ import (
 )
 
 // exchange is the state of one HTTP request seen through ext_proc. It
-// records exactly one decision metric, when the outcome is final.
+// records exactly one decision metric, when the outcome is final, and
+// knows when the stream may end (see over).
 type exchange struct {
 	s        *Server
 	seen     bool // request headers arrived
@@ -22,28 +23,67 @@ type exchange struct {
 	awaiting bool // create/delete: waiting for the upstream response
 	status   int  // upstream response status
 	recorded bool
+	final    bool // the decision has had its final answer
+	replied  bool // an immediate response was sent: Envoy is done with us
+	req      direction
+	resp     direction
+	held     held
+	out      []*extprocv3.ProcessingResponse // answers to the message at hand, in order
 }
 
-func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+// over reports whether the stream may end now (SPEC §5.1 "Stream
+// lifetime"): the final answer is out and Envoy has no message of ours
+// outstanding whose bytes only we hold. Envoy keeps the answers it has
+// and, on a clean close, continues without the processor — re-injecting
+// any STREAMED chunks still queued (ProcessorState::clearAsyncState) —
+// so only a full-duplex direction that is still flowing must be drained
+// first: Envoy dropped its own copy of those chunks.
+func (x *exchange) over() bool {
+	if x.replied {
+		return true
+	}
+	return x.final && !x.req.flowing() && !x.resp.flowing()
+}
+
+// emit queues one answer.
+func (x *exchange) emit(r *extprocv3.ProcessingResponse) { x.out = append(x.out, r) }
+
+// handle answers one message; false for a message it does not know.
+func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest) bool {
+	if pc := req.GetProtocolConfig(); pc != nil { // sent once, with Envoy's first message
+		x.req.mode, x.resp.mode = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
+	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		if x.seen { // Envoy sends them once; answer a repeat without re-deciding
-			return x.s.pass
+			x.emit(x.s.pass)
+			return true
 		}
 		x.seen = true
-		return x.onRequestHeaders(ctx, r.RequestHeaders)
+		x.req.open = !r.RequestHeaders.GetEndOfStream()
+		x.emit(x.onRequestHeaders(ctx, r.RequestHeaders))
 	case *extprocv3.ProcessingRequest_RequestBody:
-		return continueRequestBody()
+		x.req.chunk(r.RequestBody.GetEndOfStream())
+		x.emit(x.req.bodyAnswer(r.RequestBody, requestBody))
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return continueRequestTrailers()
+		x.req.open = false
+		x.emit(continueRequestTrailers())
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return x.onResponseHeaders(ctx, r.ResponseHeaders)
+		x.resp.open = !r.ResponseHeaders.GetEndOfStream()
+		x.onResponseHeaders(ctx, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		return x.onResponseBody(ctx, r.ResponseBody)
+		x.resp.chunk(r.ResponseBody.GetEndOfStream())
+		x.onResponseBody(ctx, r.ResponseBody)
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return continueResponseTrailers()
+		x.resp.open = false
+		if x.held.active {
+			x.release(ctx)
+		}
+		x.emit(continueResponseTrailers())
+	default:
+		return false
 	}
-	return nil
+	return true
 }
 
 func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
@@ -56,15 +96,19 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 	switch {
 	case o.immediate():
 		x.record(o.result)
+		x.replied = true
 		return immediate(o.status, o.message, o.retry)
 	case !o.routed:
 		x.record(o.result)
+		x.final = true
 		return x.s.pass
 	}
 	switch o.rule.Action {
 	case route.ActionCreate, route.ActionDelete:
 		// Ask Envoy for the response (mode override): the binding is
-		// written, or deleted, on the upstream's verdict.
+		// written, or deleted, on the upstream's verdict. Envoy ignores
+		// the override when a body mode is FULL_DUPLEX_STREAMED; the
+		// response headers then come if the configuration sends them.
 		x.awaiting = true
 		resp := x.s.routedHeaders(o)
 		resp.ModeOverride = &filterv3.ProcessingMode{
@@ -81,19 +125,22 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 		return resp
 	}
 	x.record(o.result)
+	x.final = true
 	return x.s.sharedRouted(o)
 }
 
-func (x *exchange) onResponseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (x *exchange) onResponseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) {
 	if !x.awaiting {
-		return continueResponseHeaders()
+		x.emit(continueResponseHeaders())
+		return
 	}
 	hdrs := h.GetHeaders().GetHeaders()
 	x.status, _ = strconv.Atoi(headerValue(hdrs, ":status"))
 	o := &x.o
 	if x.status != o.rule.ExpectedStatus {
 		x.done(ResultUpstreamError, "upstream answered a lifecycle route with an unexpected status", "status", x.status)
-		return continueResponseHeaders()
+		x.emit(continueResponseHeaders())
+		return
 	}
 	switch {
 	case o.rule.Action == route.ActionDelete:
@@ -101,65 +148,83 @@ func (x *exchange) onResponseHeaders(ctx context.Context, h *extprocv3.HttpHeade
 			// The pod deleted it; a stale binding would route to a pod
 			// that no longer has it. Say so loudly; the response stands.
 			x.done(ResultRegistryError, "destination deleted upstream but its binding could not be removed", "err", err)
-			return continueResponseHeaders()
+		} else {
+			x.done(ResultDeregistered, "")
 		}
-		x.done(ResultDeregistered, "")
 	case o.rule.IDFromHeader != "":
-		return x.bind(ctx, headerValue(hdrs, o.rule.IDFromHeader), true)
+		if reply := x.bind(ctx, headerValue(hdrs, o.rule.IDFromHeader)); reply != nil {
+			x.emit(reply)
+			return
+		}
+	case h.GetEndOfStream():
+		x.done(ResultUpstreamError, "create response has no body: not bound")
+	case x.resp.duplex():
+		// Full duplex: hold the headers and the body until the binding
+		// is written, as Envoy's BUFFERED mode holds them elsewhere.
+		x.held = held{active: true}
+		return
 	}
 	// create with id_from_json: the verdict comes with the body.
-	return continueResponseHeaders()
+	x.emit(continueResponseHeaders())
 }
 
-func (x *exchange) onResponseBody(ctx context.Context, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
-	if !x.awaiting || !x.o.rule.WantsBody() {
-		return continueResponseBody()
-	}
-	if x.status != x.o.rule.ExpectedStatus { // Envoy sends headers first; defensive
+func (x *exchange) onResponseBody(ctx context.Context, b *extprocv3.HttpBody) {
+	switch {
+	case x.held.active:
+		x.hold(ctx, b)
+		return
+	case !x.awaiting || !x.o.rule.WantsBody():
+	case x.status != x.o.rule.ExpectedStatus: // Envoy sends headers first; defensive
 		x.done(ResultUpstreamError, "create response body without its expected status: not bound", "status", x.status)
-		return continueResponseBody()
-	}
-	if len(b.GetBody()) > x.s.opt.BodyLimit {
+	case len(b.GetBody()) > x.s.opt.BodyLimit:
 		x.done(ResultUpstreamError, "create response body over the limit: not bound", "bytes", len(b.GetBody()), "limit", x.s.opt.BodyLimit)
-		return continueResponseBody()
+	default:
+		if reply := x.bindJSON(ctx, b.GetBody()); reply != nil {
+			x.emit(reply)
+			return
+		}
 	}
+	x.emit(x.resp.bodyAnswer(b, responseBody))
+}
+
+// bindJSON binds the id read from a create response's JSON body.
+func (x *exchange) bindJSON(ctx context.Context, body []byte) *extprocv3.ProcessingResponse {
 	var doc map[string]json.RawMessage
 	var id string
-	err := json.Unmarshal(b.GetBody(), &doc)
+	err := json.Unmarshal(body, &doc)
 	if err == nil {
 		err = json.Unmarshal(doc[x.o.rule.IDFromJSON], &id)
 	}
 	if err != nil {
 		x.done(ResultUpstreamError, "create response has no string field "+strconv.Quote(x.o.rule.IDFromJSON)+": not bound", "err", err)
-		return continueResponseBody()
+		return nil
 	}
-	return x.bind(ctx, id, false)
+	return x.bind(ctx, id)
 }
 
 // bind writes the new destination's binding before the response is
-// released: Envoy holds the response until this answer.
-func (x *exchange) bind(ctx context.Context, id string, headers bool) *extprocv3.ProcessingResponse {
-	cont := continueResponseBody
-	if headers {
-		cont = continueResponseHeaders
-	}
+// released: Envoy holds the response until this answer. It returns the
+// immediate response that replaces the upstream's, or nil to release it.
+func (x *exchange) bind(ctx context.Context, id string) *extprocv3.ProcessingResponse {
 	if !x.o.rule.ValidID(id) {
 		x.done(ResultUpstreamError, "create response carries an invalid id: not bound", "id", id)
-		return cont()
+		return nil
 	}
 	if err := x.s.opt.Registry.Bind(ctx, id, x.o.member.ID); err != nil {
 		// The client must not believe the create succeeded while no
 		// request can reach it: fail it so it is retried.
 		x.done(ResultRegistryError, "created upstream but the binding could not be written", "id", id, "err", err)
+		x.replied = true
 		return immediate(503, "Registry unavailable: binding not written", true)
 	}
 	x.o.id = id
 	x.done(ResultSpawned, "")
-	return cont()
+	return nil
 }
 
 func (x *exchange) done(result, warning string, args ...any) {
 	x.awaiting = false
+	x.final = true
 	if warning != "" {
 		x.s.opt.Logger.Warn(warning, append([]any{"rule", x.o.rule.Name, "member", x.o.member.ID}, args...)...)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,13 +87,19 @@ func FuzzExchange(f *testing.F) {
 			default:
 				req = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}}
 			}
-			resp, err := s.handle(context.Background(), x, req)
-			if err != nil {
+			if k&0x40 != 0 { // the body modes Envoy announces with its first message
+				m := filterv3.ProcessingMode_BodySendMode(k >> 3 & 7 % 5)
+				req.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: m, ResponseBodyMode: m}
+			}
+			x.out = x.out[:0]
+			if err := s.handle(context.Background(), x, req); err != nil {
 				continue
 			}
-			for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
-				if h.GetHeader().GetKey() == DefaultEndpointHeader && string(h.GetHeader().GetRawValue()) != member.Address {
-					t.Fatalf("endpoint header set to %q", h.GetHeader().GetRawValue())
+			for _, resp := range x.out {
+				for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+					if h.GetHeader().GetKey() == DefaultEndpointHeader && string(h.GetHeader().GetRawValue()) != member.Address {
+						t.Fatalf("endpoint header set to %q", h.GetHeader().GetRawValue())
+					}
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -184,6 +185,15 @@ func (s *stream) send(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingRes
 		s.t.Fatalf("recv: %v", err)
 	}
 	return resp
+}
+
+// expectEnd checks that the server ended the stream with OK, as it must
+// once the exchange has had its final answer (SPEC §5.1).
+func (s *stream) expectEnd() {
+	s.t.Helper()
+	if resp, err := s.s.Recv(); err != io.EOF {
+		s.t.Fatalf("stream not ended after the final answer: %v, %v", resp, err)
+	}
 }
 
 func (s *stream) close() {

@@ -79,7 +79,10 @@ func NewServer(opt Options) (*Server, error) {
 
 // Process serves one ext_proc stream: Envoy sends the request headers
 // (and whatever the processing mode asks for), we answer each message in
-// turn. End of stream and cancellation are normal ends.
+// turn and end the stream with OK as soon as the exchange is over, so a
+// long upstream call never depends on this stream, its connection's
+// rotation or our shutdown (SPEC §5.1). End of stream and cancellation
+// are normal ends.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	s.opt.Metrics.streams.Inc()
 	defer s.opt.Metrics.streams.Dec()
@@ -94,32 +97,36 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return err
 		}
-		resp, err := s.handle(ctx, x, req)
-		if err != nil {
+		x.out = x.out[:0]
+		if err := s.handle(ctx, x, req); err != nil {
 			return err
 		}
-		if err := stream.Send(resp); err != nil {
-			if status.Code(err) == codes.Canceled || ctx.Err() != nil {
-				return nil
+		for _, resp := range x.out {
+			if err := stream.Send(resp); err != nil {
+				if status.Code(err) == codes.Canceled || ctx.Err() != nil {
+					return nil
+				}
+				return err
 			}
-			return err
+		}
+		if x.over() {
+			return nil
 		}
 	}
 }
 
 // handle runs one message through the exchange; a panic is turned into a
 // stream error (Envoy then applies its failure mode) and counted.
-func (s *Server) handle(ctx context.Context, x *exchange, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, err error) {
+func (s *Server) handle(ctx context.Context, x *exchange, req *extprocv3.ProcessingRequest) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.opt.Metrics.panics.Inc()
 			s.opt.Logger.Error("recovered panic on the request path", "panic", p, "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "internal error")
+			err = status.Error(codes.Internal, "internal error")
 		}
 	}()
-	resp = x.handle(registry.WithBudget(ctx, s.opt.DecisionTimeout), req)
-	if resp == nil {
-		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("unexpected ext_proc message %T", req.GetRequest()))
+	if !x.handle(registry.WithBudget(ctx, s.opt.DecisionTimeout), req) {
+		return status.Error(codes.InvalidArgument, fmt.Sprintf("unexpected ext_proc message %T", req.GetRequest()))
 	}
-	return resp, nil
+	return nil
 }
