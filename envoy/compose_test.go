@@ -73,6 +73,11 @@ func TestComposeAgreesWithEnvoyAndRoutes(t *testing.T) {
 	}
 	coord, envoySvc := c.Services["coord-extproc"], c.Services["envoy"]
 
+	// One exact Envoy release, the one the configs are checked for.
+	if envoySvc.Image != "envoyproxy/envoy:v"+Version {
+		t.Fatalf("envoy image %q, want envoyproxy/envoy:v%s", envoySvc.Image, Version)
+	}
+
 	// Envoy mounts this file and publishes its listener.
 	if !slices.Contains(envoySvc.Volumes, "./envoy/envoy-compose.yaml:/etc/envoy/envoy.yaml:ro") || flagValue(envoySvc.Command, "-c") != "/etc/envoy/envoy.yaml" {
 		t.Fatalf("envoy service does not run envoy/envoy-compose.yaml: %v %v", envoySvc.Volumes, envoySvc.Command)
@@ -104,11 +109,11 @@ func TestComposeAgreesWithEnvoyAndRoutes(t *testing.T) {
 		t.Fatalf("coord-extproc health check %v", hc)
 	}
 
-	// Header names: ORIGINAL_DST reads what coord-extproc writes.
-	for _, x := range b.GetStaticResources().GetClusters() {
-		if x.GetType() == clusterv3.Cluster_ORIGINAL_DST && x.GetOriginalDstLbConfig().GetHttpHeaderName() != coord.Environment["COORD_ENDPOINT_HEADER"] {
-			t.Fatalf("ORIGINAL_DST reads %q, coord-extproc writes %q", x.GetOriginalDstLbConfig().GetHttpHeaderName(), coord.Environment["COORD_ENDPOINT_HEADER"])
-		}
+	// ORIGINAL_DST reads what this coord-extproc writes.
+	w := Defaults()
+	w.EndpointHeader = coord.Environment["COORD_ENDPOINT_HEADER"]
+	if err := CheckWiring(b, w); err != nil {
+		t.Fatal(err)
 	}
 
 	// The route file mounted where COORD_ROUTES points, and it loads.

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -57,28 +56,64 @@ func TestBootstrapsParseAndValidate(t *testing.T) {
 			default:
 				t.Fatalf("first filter is %T", msg)
 			}
-			var pods, coord *clusterv3.Cluster
-			for _, c := range b.GetStaticResources().GetClusters() {
-				switch c.GetName() {
-				case "pods":
-					pods = c
-				case "coord_extproc":
-					coord = c
-				}
+			if err := CheckWiring(b, Defaults()); err != nil {
+				t.Fatal(err)
 			}
-			if pods.GetType() != clusterv3.Cluster_ORIGINAL_DST || pods.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED ||
-				!pods.GetOriginalDstLbConfig().GetUseHttpHeader() || pods.GetOriginalDstLbConfig().GetHttpHeaderName() != "x-gateway-destination-endpoint" ||
-				pods.GetLoadAssignment() != nil || pods.GetCleanupInterval() == nil || pods.GetCircuitBreakers() == nil {
+			pods := b.GetStaticResources().GetClusters()[0]
+			if pods.GetName() != "pods" || pods.GetCleanupInterval() == nil || pods.GetCircuitBreakers() == nil || pods.GetLoadAssignment() != nil {
 				t.Fatalf("pods cluster %v", pods)
 			}
-			opts := coord.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-			if opts == nil || !strings.Contains(opts.GetTypeUrl(), "HttpProtocolOptions") {
-				t.Fatalf("coord_extproc cluster lacks HTTP/2 options: %v", coord)
+		})
+	}
+}
+
+// Each wiring check fails on a copy that breaks it: the endpoint header
+// or metadata key differs from the server's, metadata_key and
+// receiving_namespaces disagree, the route's cluster is not the
+// ORIGINAL_DST one, the cluster trusts a header, mutation rules drop the
+// header, the gRPC port differs.
+func TestWiringChecksFail(t *testing.T) {
+	tests := []struct{ file, name, from, to, want string }{
+		{"envoy.yaml", "metadata key path", "path: [{ key: x-gateway-destination-endpoint }]", "path: [{ key: x-endpoint }]", "metadata_key"},
+		{"envoy.yaml", "metadata namespace", "metadata_key: { key: envoy.lb,", "metadata_key: { key: envoy.lb2,", "metadata_key"},
+		{"envoy.yaml", "receiving namespaces", `untyped: ["envoy.lb"]`, `untyped: ["envoy.other"]`, "receiving_namespaces"},
+		{"envoy.yaml", "route to the gRPC cluster", "cluster: pods", "cluster: coord_extproc", "not to an ORIGINAL_DST cluster"},
+		{"envoy.yaml", "header trusted", "use_http_header: false", "use_http_header: true", "use_http_header"},
+		{"envoy.yaml", "mutation rules", "allow_mode_override: true", "allow_mode_override: true\n              mutation_rules: { disallow_expression: { regex: 'x-gateway-.*' } }", "mutation_rules"},
+		{"envoy.yaml", "grpc port", "port_value: 9002", "port_value: 9003", "9003"},
+		{"envoy.yaml", "stream deadline", "envoy_grpc: { cluster_name: coord_extproc }", "envoy_grpc: { cluster_name: coord_extproc }\n                timeout: 30s", "grpc_service.timeout"},
+		{"envoy-ext-authz.yaml", "ext_authz namespace", "metadata_key: { key: envoy.filters.http.ext_authz,", "metadata_key: { key: envoy.lb,", "metadata_key"},
+		{"envoy-ext-authz.yaml", "ext_authz header", "path: [{ key: x-gateway-destination-endpoint }]", "path: [{ key: x-destination }]", "metadata_key"},
+		{"envoy-compose.yaml", "compose header trusted", "use_http_header: false", "use_http_header: true", "use_http_header"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			orig, err := os.ReadFile(tt.file)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if a := coord.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); a.GetPortValue() != 9002 {
-				t.Fatalf("coord_extproc at %v", a)
+			broken := strings.Replace(string(orig), tt.from, tt.to, 1)
+			if broken == string(orig) {
+				t.Fatalf("%q not found in %s", tt.from, tt.file)
+			}
+			b, err := Parse([]byte(broken))
+			if err != nil {
+				t.Fatalf("the broken copy must still parse: %v", err)
+			}
+			if err := CheckWiring(b, Defaults()); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
 			}
 		})
+	}
+	// And against a server whose endpoint header differs from the files'.
+	b, err := Load("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := Defaults()
+	w.EndpointHeader = "x-other-endpoint"
+	if err := CheckWiring(b, w); err == nil || !strings.Contains(err.Error(), "x-other-endpoint") {
+		t.Fatalf("a different server header passed: %v", err)
 	}
 }
 
@@ -94,7 +129,7 @@ func TestBrokenCopiesFail(t *testing.T) {
 		{"enum typo", "response_header_mode: SKIP", "response_header_mode: SKIPPED", "SKIPPED"},
 		{"unknown typed_config", "envoy.extensions.filters.http.router.v3.Router", "envoy.extensions.filters.http.router.v3.Routr", "Routr"},
 		{"validation rule", "port_value: 9002", "port_value: 99999", "PortValue"},
-		{"nested typo", "use_http_header: true", "use_http_headers: true", "use_http_headers"},
+		{"nested typo", "use_http_header: false", "use_http_headers: false", "use_http_headers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

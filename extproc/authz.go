@@ -73,7 +73,7 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 					authzHeader(MemberHeader, o.member.ID),
 				},
 			}},
-			DynamicMetadata: endpointMetadata(a.s.opt.EndpointHeader, o.member.Address),
+			DynamicMetadata: authzMetadata(a.s.opt.EndpointHeader, o.member.Address),
 		}
 	}), nil
 }

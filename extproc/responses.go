@@ -75,12 +75,17 @@ func (s *Server) routedHeaders(o *outcome) *extprocv3.ProcessingResponse {
 	return resp
 }
 
+// endpointMetadata is ext_proc's dynamic metadata: namespace, then key.
 func endpointMetadata(key, addr string) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		metadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-			key: structpb.NewStringValue(addr),
-		}}),
+		MetadataNamespace: structpb.NewStructValue(authzMetadata(key, addr)),
 	}}
+}
+
+// authzMetadata is ext_authz's: Envoy stores the whole struct under the
+// filter's name (envoy.filters.http.ext_authz), so it holds the key only.
+func authzMetadata(key, addr string) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{key: structpb.NewStringValue(addr)}}
 }
 
 // passHeaders strips any client-sent routing headers: a client must never

@@ -22,11 +22,16 @@ import (
 const (
 	DefaultEndpointHeader = "x-gateway-destination-endpoint"
 	DefaultBodyLimit      = 64 << 10
+	// DefaultPort is the gRPC port both APIs are served on.
+	DefaultPort = 9002
 	// MemberHeader tells the pod which member id it was picked as.
 	MemberHeader = "x-coordinator-member"
-	// metadataNamespace is where Envoy's ORIGINAL_DST cluster (and the
-	// Gateway API Inference Extension convention) looks for the endpoint.
-	metadataNamespace = "envoy.lb"
+	// MetadataNamespace is where ext_proc answers carry the endpoint as
+	// dynamic metadata (the Gateway API Inference Extension convention),
+	// under the endpoint header's name; an ORIGINAL_DST cluster's
+	// metadata_key reads it there. ext_authz answers carry the same key,
+	// but Envoy files them under the ext_authz filter's own name.
+	MetadataNamespace = "envoy.lb"
 )
 
 // Options configure the servers.

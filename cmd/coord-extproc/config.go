@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,7 +48,7 @@ type Config struct {
 
 func defaultConfig() Config {
 	return Config{
-		Listen:           "127.0.0.1:9002",
+		Listen:           net.JoinHostPort("127.0.0.1", strconv.Itoa(extproc.DefaultPort)),
 		Valkey:           "redis://127.0.0.1:6379",
 		KeyPrefix:        registry.DefaultPrefix,
 		Strategy:         strategy.RoundRobin,
@@ -95,7 +96,7 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Strategy, n, c.Strategy, u) }},
 		{"routes", "COORD_ROUTES", "route table YAML file; empty: route by header x-destination-id (claim on miss, reassign orphans), else x-lock-id, else 404",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Routes, n, c.Routes, u) }},
-		{"endpoint-header", "COORD_ENDPOINT_HEADER", "header (and envoy.lb metadata key) carrying the chosen IP:port to Envoy's ORIGINAL_DST cluster",
+		{"endpoint-header", "COORD_ENDPOINT_HEADER", "header, and dynamic metadata key (envoy.lb for ext_proc, the ext_authz filter's name for ext_authz), carrying the chosen IP:port to Envoy's ORIGINAL_DST cluster",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.EndpointHeader, n, c.EndpointHeader, u) }},
 		{"cache-ttl", "COORD_CACHE_TTL", "longest use of cached registry data without an invalidation",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.CacheTTL, n, c.CacheTTL, u) }},

@@ -1,0 +1,158 @@
+package envoy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/coord-extproc/coord-extproc/extproc"
+)
+
+// Wiring is what a bootstrap must agree on with coord-extproc.
+type Wiring struct {
+	EndpointHeader string // the header and metadata key the server writes
+	Port           uint32 // the server's gRPC port
+}
+
+// Defaults is the server's own defaults.
+func Defaults() Wiring {
+	return Wiring{EndpointHeader: extproc.DefaultEndpointHeader, Port: extproc.DefaultPort}
+}
+
+// Routing is the part of a bootstrap that decides where a request goes.
+type Routing struct {
+	API       string // "ext_proc" or "ext_authz"
+	Namespace string // where the server's endpoint metadata lands
+	HCM       *hcmv3.HttpConnectionManager
+	Filter    any // *extprocv3.ExternalProcessor or *authzv3.ExtAuthz
+	Clusters  map[string]*clusterv3.Cluster
+}
+
+// ReadRouting finds the listener's connection manager, the routing filter
+// and the clusters.
+func ReadRouting(b *bootstrapv3.Bootstrap) (*Routing, error) {
+	ls := b.GetStaticResources().GetListeners()
+	if len(ls) != 1 || len(ls[0].GetFilterChains()) != 1 || len(ls[0].GetFilterChains()[0].GetFilters()) != 1 {
+		return nil, errors.New("want one listener with one filter chain holding the http_connection_manager")
+	}
+	r := &Routing{HCM: &hcmv3.HttpConnectionManager{}, Clusters: map[string]*clusterv3.Cluster{}}
+	if err := ls[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(r.HCM); err != nil {
+		return nil, fmt.Errorf("http_connection_manager: %w", err)
+	}
+	fs := r.HCM.GetHttpFilters()
+	if len(fs) != 2 || fs[1].GetName() != "envoy.filters.http.router" {
+		return nil, errors.New("want http_filters [ext_proc or ext_authz, router]")
+	}
+	msg, err := fs[0].GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		return nil, fmt.Errorf("http filter %s: %w", fs[0].GetName(), err)
+	}
+	switch msg.(type) {
+	case *extprocv3.ExternalProcessor:
+		r.API, r.Namespace = "ext_proc", extproc.MetadataNamespace
+	case *authzv3.ExtAuthz:
+		// ext_authz files response metadata under the filter's config
+		// name (ext_authz.cc: setDynamicMetadata(filterConfigName())).
+		r.API, r.Namespace = "ext_authz", fs[0].GetName()
+	default:
+		return nil, fmt.Errorf("first http filter is %T, want ext_proc or ext_authz", msg)
+	}
+	r.Filter = msg
+	for _, c := range b.GetStaticResources().GetClusters() {
+		r.Clusters[c.GetName()] = c
+	}
+	return r, nil
+}
+
+// CheckWiring returns every way b disagrees with w: the filter's gRPC
+// cluster and port, fail-closed settings, metadata namespaces, mutation
+// rules that would drop the server's headers, and every route's cluster,
+// which must be an ORIGINAL_DST cluster reading the endpoint from the
+// server's metadata only (SPEC §5.1, §5.5).
+func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
+	r, err := ReadRouting(b)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var grpcCluster string
+	switch f := r.Filter.(type) {
+	case *extprocv3.ExternalProcessor:
+		grpcCluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
+		if f.GetFailureModeAllow() || !f.GetAllowModeOverride() || f.GetMessageTimeout() == nil {
+			fail("ext_proc: want failure_mode_allow false, allow_mode_override true and a message_timeout")
+		}
+		if f.GetGrpcService().GetTimeout() != nil {
+			fail("ext_proc: grpc_service.timeout has no effect on ext_proc streams; message_timeout bounds each answer")
+		}
+		if pm := f.GetProcessingMode(); pm.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP {
+			fail("ext_proc: request headers are not sent")
+		}
+		if !slices.Contains(f.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), r.Namespace) {
+			fail("ext_proc: metadata_options.receiving_namespaces lacks %q, where the server writes the endpoint", r.Namespace)
+		}
+		ck, err := NewMutationChecker(f.GetMutationRules())
+		if err != nil {
+			fail("ext_proc mutation_rules: %v", err)
+		} else {
+			for _, h := range []string{w.EndpointHeader, extproc.MemberHeader} {
+				if ck.Check(OpSet, h) != CheckOK || ck.Check(OpRemove, h) != CheckOK {
+					fail("ext_proc: mutation_rules stop the server setting or removing %s", h)
+				}
+			}
+		}
+	case *authzv3.ExtAuthz:
+		grpcCluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
+		if f.GetFailureModeAllow() || f.GetGrpcService().GetTimeout() == nil {
+			fail("ext_authz: want failure_mode_allow false and a grpc_service.timeout")
+		}
+	}
+	if c := r.Clusters[grpcCluster]; c == nil {
+		fail("%s: gRPC cluster %q is not defined", r.API, grpcCluster)
+	} else {
+		checkGRPCCluster(c, w, fail)
+	}
+	vhs := r.HCM.GetRouteConfig().GetVirtualHosts()
+	if len(vhs) == 0 {
+		fail("no virtual host")
+	}
+	for _, vh := range vhs {
+		for _, rt := range vh.GetRoutes() {
+			name := rt.GetRoute().GetCluster()
+			c := r.Clusters[name]
+			if c.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+				fail("route %v goes to %q, not to an ORIGINAL_DST cluster", rt.GetMatch(), name)
+				continue
+			}
+			lb := c.GetOriginalDstLbConfig()
+			if lb.GetUseHttpHeader() {
+				fail("cluster %s: use_http_header lets a request that bypassed %s choose its upstream; read metadata_key only", name, r.API)
+			}
+			mk := lb.GetMetadataKey()
+			if mk.GetKey() != r.Namespace || len(mk.GetPath()) != 1 || mk.GetPath()[0].GetKey() != w.EndpointHeader {
+				fail("cluster %s: metadata_key %v, want key %q path [%q] (where %s writes it)", name, mk, r.Namespace, w.EndpointHeader, r.API)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any)) {
+	if c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] == nil {
+		fail("cluster %s: no HTTP/2 protocol options; gRPC needs HTTP/2", c.GetName())
+	}
+	for _, e := range c.GetLoadAssignment().GetEndpoints() {
+		for _, le := range e.GetLbEndpoints() {
+			if p := le.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue(); p != w.Port {
+				fail("cluster %s: endpoint port %d, the server listens on %d", c.GetName(), p, w.Port)
+			}
+		}
+	}
+}
