@@ -134,6 +134,11 @@ type stackOptions struct {
 	// deployment is the Valkey deployment: "" (standalone), "sentinel" or
 	// "cluster".
 	deployment string
+	// edit rewrites the bootstrap before the gateway reads it (old, new
+	// pairs, each of which must occur).
+	edit []string
+	// gatewayArgs and coordArgs are added to the processes' flags.
+	gatewayArgs, coordArgs []string
 }
 
 type stack struct {
@@ -199,10 +204,10 @@ func newStack(t *testing.T, o stackOptions) *stack {
 // startCoord starts replica i of coord-extproc without waiting for it.
 func (s *stack) startCoord(o stackOptions, i int) *coord {
 	c := &coord{grpc: freeAddr(s.t), metrics: freeAddr(s.t)}
-	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord,
-		"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url, "--allow-upstream", "127.0.0.0/8",
+	args := []string{"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url, "--allow-upstream", "127.0.0.0/8",
 		"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
-		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text")
+		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text"}
+	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord, append(args, o.coordArgs...)...)
 	s.coords = append(s.coords, c)
 	return c
 }
@@ -229,6 +234,23 @@ func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
 	s.t.Helper()
 	listen := freeAddr(s.t)
 	cfg := filepath.Join("..", "envoy", o.config)
+	if len(o.edit) > 0 {
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		txt := string(b)
+		for i := 0; i+1 < len(o.edit); i += 2 {
+			if !strings.Contains(txt, o.edit[i]) {
+				s.t.Fatalf("%q not in %s", o.edit[i], o.config)
+			}
+			txt = strings.Replace(txt, o.edit[i], o.edit[i+1], 1)
+		}
+		cfg = filepath.Join(s.t.TempDir(), "edited-"+o.config)
+		if err := os.WriteFile(cfg, []byte(txt), 0o600); err != nil {
+			s.t.Fatal(err)
+		}
+	}
 	if o.gateway == "envoy" {
 		b, err := os.ReadFile(cfg)
 		if err != nil {
@@ -245,7 +267,7 @@ func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
 		start(s.t, fmt.Sprintf("envoy-%d", i+1), os.Getenv("ENVOY_BIN"), "-c", cfg, "--base-id", fmt.Sprint(time.Now().UnixNano()%100000), "--log-level", "warn")
 		waitFor(s.t, 15*time.Second, "envoy ready", func() bool { return s.status("http://"+admin+"/ready") == 200 })
 	} else {
-		start(s.t, fmt.Sprintf("gateway-%d", i+1), bins.gateway, "--config", cfg, "--listen", listen, "--coord-extproc", c.grpc, "-v")
+		start(s.t, fmt.Sprintf("gateway-%d", i+1), bins.gateway, append([]string{"--config", cfg, "--listen", listen, "--coord-extproc", c.grpc, "-v"}, o.gatewayArgs...)...)
 		waitFor(s.t, 5*time.Second, "gateway listening", func() bool {
 			conn, err := net.DialTimeout("tcp", listen, 100*time.Millisecond)
 			if err == nil {

@@ -60,12 +60,44 @@ func (p *pod) routes() http.Handler {
 		mux.HandleFunc("GET "+base+"/keys/{key}", p.tracked(p.getKey))
 		mux.HandleFunc("DELETE "+base+"/keys/{key}", p.tracked(p.deleteKey))
 		mux.HandleFunc("POST "+base+"/transactions", p.tracked(p.begin))
+		mux.HandleFunc("POST "+base+"/echo", p.tracked(p.echo))
 	}
 	mux.HandleFunc("PUT /transactions/{lock}/keys/{key}", p.txPut)
 	mux.HandleFunc("GET /transactions/{lock}/keys/{key}", p.txGet)
 	mux.HandleFunc("POST /transactions/{lock}/commit", p.txEnd(true))
 	mux.HandleFunc("POST /transactions/{lock}/rollback", p.txEnd(false))
 	return mux
+}
+
+// echo streams the request body back as it arrives, one flushed write
+// per read, and the request's trailers as response trailers: the suite
+// checks that every byte survives the gateway in each body mode.
+func (p *pod) echo(w http.ResponseWriter, r *http.Request, _ string) {
+	// HTTP/1.1 reads of the request body after the response started
+	// need full duplex turned on.
+	_ = http.NewResponseController(w).EnableFullDuplex()
+	w.Header().Set("X-Served-By", p.member.ID())
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(200)
+	f, _ := w.(http.Flusher)
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := r.Body.Read(buf)
+		if n > 0 {
+			_, _ = w.Write(buf[:n])
+			if f != nil {
+				f.Flush()
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	for k, vs := range r.Trailer {
+		for _, v := range vs {
+			w.Header().Add(http.TrailerPrefix+k, v)
+		}
+	}
 }
 
 func (p *pod) reply(w http.ResponseWriter, status int, v map[string]any) {

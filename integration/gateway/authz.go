@@ -8,22 +8,23 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // authorize plays Envoy's ext_authz filter (gRPC service): one Check per
-// request under the grpc_service timeout. OK: headers are set (from
-// `value`, not raw_value) and then headers_to_remove removed — in that
-// order, as source/extensions/filters/http/ext_authz/ext_authz.cc applies
-// them. Denied: a local reply with the denied status (403 when unset),
-// headers and body. Error: failure_mode_allow, else status_on_error.
-func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) *localReply {
+// request under the grpc_service timeout, its headers map holding every
+// request header, pseudo-headers included (CheckRequestUtils::
+// setHttpRequest). OK: headers are set (from `value`, not raw_value) and
+// then headers_to_remove removed — in that order, as source/extensions/
+// filters/http/ext_authz/ext_authz.cc applies them — and the answer's
+// dynamic metadata is filed under the filter's name. Denied: a local
+// reply with the denied status (403 when unset), headers and body.
+// Error: failure_mode_allow, else status_on_error.
+func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) (map[string]*structpb.Struct, *localReply) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.authzTimeout)
 	defer cancel()
 	flat := map[string]string{}
 	for _, e := range *h {
-		if strings.HasPrefix(e.key, ":") {
-			continue
-		}
 		if prev, ok := flat[e.key]; ok {
 			flat[e.key] = prev + "," + e.value // repeated headers are joined, as Envoy does
 		} else {
@@ -41,9 +42,9 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 	}})
 	if err != nil {
 		if g.cfg.failureModeAllow {
-			return nil
+			return nil, nil
 		}
-		return &localReply{status: g.cfg.statusOnError, details: "ext_authz_error"}
+		return nil, &localReply{status: g.cfg.statusOnError, details: "ext_authz_error"}
 	}
 	if codes.Code(resp.GetStatus().GetCode()) != codes.OK {
 		d := resp.GetDeniedResponse()
@@ -51,7 +52,7 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 		if code == 0 {
 			code = http.StatusForbidden
 		}
-		return &localReply{status: code, body: []byte(d.GetBody()), authzHeaders: d.GetHeaders(), details: "ext_authz_denied"}
+		return nil, &localReply{status: code, body: []byte(d.GetBody()), authzHeaders: d.GetHeaders(), details: "ext_authz_denied"}
 	}
 	ok := resp.GetOkResponse()
 	for _, o := range ok.GetHeaders() {
@@ -64,7 +65,11 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 		}
 		h.remove(n)
 	}
-	return nil
+	meta := map[string]*structpb.Struct{}
+	if md := resp.GetDynamicMetadata(); len(md.GetFields()) > 0 {
+		meta[g.cfg.authzNS] = md
+	}
+	return meta, nil
 }
 
 func applyAuthzHeader(h *headerMap, o *corev3.HeaderValueOption) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -13,7 +14,10 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/coord-extproc/coord-extproc/envoy"
 )
 
 // config is the part of an Envoy bootstrap the stand-in implements. Any
@@ -23,6 +27,11 @@ type config struct {
 	listen string
 	api    string // "ext_proc" or "ext_authz"
 	grpc   upstream
+	// legacy plays Envoy 1.34–1.36 where it differs in ways the server
+	// depends on: the ext_proc stream stays open until the HTTP request
+	// ends, and a spurious answer drops the processor instead of failing
+	// the request. Otherwise the stand-in plays envoy.Version.
+	legacy bool
 
 	// ext_proc (envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor)
 	mode              *extprocv3.ProcessingMode
@@ -30,13 +39,13 @@ type config struct {
 	messageTimeout    time.Duration
 	maxMessageTimeout time.Duration
 	failureModeAllow  bool
-	streamTimeout     time.Duration
+	statusOnError     int // ext_proc and ext_authz alike
 	rules             *mutationv3.HeaderMutationRules
 	receivingNS       []string
 
 	// ext_authz (envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)
-	authzTimeout  time.Duration
-	statusOnError int
+	authzTimeout time.Duration
+	authzNS      string // the filter's name: where its metadata lands
 
 	routes   []route
 	clusters map[string]*podCluster
@@ -57,9 +66,10 @@ type route struct {
 // podCluster is an ORIGINAL_DST cluster.
 type podCluster struct {
 	name           string
-	headerName     string // empty: header not used
-	metadataNS     string
-	metadataKey    string
+	headerName     string   // empty: header not used
+	metadataNS     string   // metadata_key.key
+	metadataPath   []string // metadata_key.path
+	portOverride   uint32   // upstream_port_override, 0 when unset
 	connectTimeout time.Duration
 }
 
@@ -73,23 +83,30 @@ const (
 
 func fromBootstrap(b *bootstrapv3.Bootstrap) (*config, error) {
 	ls := b.GetStaticResources().GetListeners()
-	if len(ls) != 1 || len(ls[0].GetFilterChains()) != 1 || len(ls[0].GetFilterChains()[0].GetFilters()) != 1 {
-		return nil, errors.New("the stand-in supports exactly one listener with one filter chain holding one http_connection_manager")
+	if len(ls) != 1 {
+		return nil, errors.New("the stand-in supports exactly one listener")
 	}
 	sa := ls[0].GetAddress().GetSocketAddress()
 	c := &config{listen: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))), clusters: map[string]*podCluster{}}
-	var hcm hcmv3.HttpConnectionManager
-	if err := ls[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
-		return nil, fmt.Errorf("http_connection_manager: %w", err)
-	}
-	var err error
-	if c.paths, err = readPathPolicy(&hcm); err != nil {
+	r, err := envoy.ReadRouting(b)
+	if err != nil {
 		return nil, err
 	}
-	if err := c.readFilters(hcm.GetHttpFilters()); err != nil {
+	if err := unsupported(r.HCM, "stat_prefix", "route_config", "http_filters", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action"); err != nil {
 		return nil, err
 	}
-	if err := c.readRoutes(hcm.GetRouteConfig()); err != nil {
+	for _, f := range r.HCM.GetHttpFilters() {
+		if err := unsupported(f, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+	}
+	if c.paths, err = readPathPolicy(r.HCM); err != nil {
+		return nil, err
+	}
+	if err := c.readFilter(r); err != nil {
+		return nil, err
+	}
+	if err := c.readRoutes(r.HCM.GetRouteConfig()); err != nil {
 		return nil, err
 	}
 	for _, cl := range b.GetStaticResources().GetClusters() {
@@ -108,50 +125,78 @@ func fromBootstrap(b *bootstrapv3.Bootstrap) (*config, error) {
 	return c, nil
 }
 
-func (c *config) readFilters(fs []*hcmv3.HttpFilter) error {
-	if len(fs) != 2 || fs[1].GetName() != "envoy.filters.http.router" {
-		return errors.New("the stand-in supports http_filters [ext_proc or ext_authz, router]")
+// unsupported names the fields of m the stand-in does not play: m with
+// the implemented fields cleared must be empty.
+func unsupported(m proto.Message, implemented ...string) error {
+	rest := proto.Clone(m)
+	fields := rest.ProtoReflect().Descriptor().Fields()
+	for _, name := range implemented {
+		fd := fields.ByName(protoreflect.Name(name))
+		if fd == nil {
+			return fmt.Errorf("stand-in bug: %T has no field %s", m, name)
+		}
+		rest.ProtoReflect().Clear(fd)
 	}
-	msg, err := fs[0].GetTypedConfig().UnmarshalNew()
-	if err != nil {
-		return fmt.Errorf("http filter %s: %w", fs[0].GetName(), err)
+	var set []string
+	rest.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		set = append(set, string(fd.Name()))
+		return true
+	})
+	if len(set) > 0 {
+		return fmt.Errorf("%s: %s not implemented by the stand-in", rest.ProtoReflect().Descriptor().Name(), strings.Join(set, ", "))
 	}
-	switch f := msg.(type) {
+	return nil
+}
+
+func (c *config) readFilter(r *envoy.Routing) error {
+	c.api = r.API
+	c.statusOnError = 500
+	switch f := r.Filter.(type) {
 	case *extprocv3.ExternalProcessor:
-		c.api = "ext_proc"
+		// grpc_service.timeout is accepted and, as in Envoy, ignored for
+		// ext_proc streams; deferred_close_timeout only matters in
+		// observability mode, which is refused.
+		if err := unsupported(f, "grpc_service", "failure_mode_allow", "processing_mode", "allow_mode_override",
+			"message_timeout", "max_message_timeout", "mutation_rules", "metadata_options", "status_on_error", "deferred_close_timeout"); err != nil {
+			return err
+		}
+		if err := unsupported(f.GetMetadataOptions(), "receiving_namespaces"); err != nil {
+			return err
+		}
 		c.grpc.cluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
 		c.mode = f.GetProcessingMode()
 		if c.mode == nil {
 			c.mode = &extprocv3.ProcessingMode{}
 		}
+		// Envoy's own start-up check (ext_proc config.cc): full duplex
+		// needs the trailers, which carry the end of a body that has them.
+		fd := extprocv3.ProcessingMode_FULL_DUPLEX_STREAMED
+		if c.mode.GetRequestBodyMode() == fd && c.mode.GetRequestTrailerMode() != extprocv3.ProcessingMode_SEND ||
+			c.mode.GetResponseBodyMode() == fd && c.mode.GetResponseTrailerMode() != extprocv3.ProcessingMode_SEND {
+			return errors.New("ext_proc: a FULL_DUPLEX_STREAMED body mode needs that direction's trailer mode SEND")
+		}
 		c.allowModeOverride = f.GetAllowModeOverride()
 		c.messageTimeout = durationOr(f.GetMessageTimeout().AsDuration(), f.GetMessageTimeout() != nil, defaultMessageTimeout)
 		c.maxMessageTimeout = f.GetMaxMessageTimeout().AsDuration()
 		c.failureModeAllow = f.GetFailureModeAllow()
-		c.streamTimeout = f.GetGrpcService().GetTimeout().AsDuration()
 		c.rules = f.GetMutationRules()
 		c.receivingNS = f.GetMetadataOptions().GetReceivingNamespaces().GetUntyped()
-		if f.GetObservabilityMode() || f.GetDisableImmediateResponse() || f.GetRequestAttributes() != nil || f.GetResponseAttributes() != nil {
-			return errors.New("ext_proc: observability_mode, disable_immediate_response and attributes are not implemented by the stand-in")
-		}
-		if err := supportedMode(c.mode); err != nil {
-			return err
+		if s := f.GetStatusOnError(); s != nil && s.GetCode() != 0 {
+			c.statusOnError = int(s.GetCode())
 		}
 	case *authzv3.ExtAuthz:
-		c.api = "ext_authz"
+		if err := unsupported(f, "grpc_service", "failure_mode_allow", "status_on_error", "transport_api_version"); err != nil {
+			return err
+		}
 		c.grpc.cluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
 		c.authzTimeout = durationOr(f.GetGrpcService().GetTimeout().AsDuration(), f.GetGrpcService().GetTimeout() != nil, defaultAuthzTimeout)
 		c.failureModeAllow = f.GetFailureModeAllow()
+		c.authzNS = r.Namespace
 		// ext_authz answers 403 on error unless status_on_error says otherwise.
 		c.statusOnError = 403
 		if s := f.GetStatusOnError(); s != nil && s.GetCode() != 0 {
 			c.statusOnError = int(s.GetCode())
 		}
-		if f.GetWithRequestBody() != nil || f.GetHttpService() != nil {
-			return errors.New("ext_authz: with_request_body and http_service are not implemented by the stand-in")
-		}
-	default:
-		return fmt.Errorf("http filter %s (%T) is not implemented by the stand-in", fs[0].GetName(), msg)
 	}
 	if c.grpc.cluster == "" {
 		return errors.New("the filter's grpc_service must use envoy_grpc with a cluster_name")
@@ -159,25 +204,30 @@ func (c *config) readFilters(fs []*hcmv3.HttpFilter) error {
 	return nil
 }
 
-// supportedMode refuses body modes the stand-in does not implement.
-func supportedMode(m *extprocv3.ProcessingMode) error {
-	for _, b := range []extprocv3.ProcessingMode_BodySendMode{m.GetRequestBodyMode(), m.GetResponseBodyMode()} {
-		if b != extprocv3.ProcessingMode_NONE && b != extprocv3.ProcessingMode_BUFFERED {
-			return fmt.Errorf("ext_proc body mode %s is not implemented by the stand-in (NONE and BUFFERED are)", b)
-		}
-	}
-	return nil
-}
-
 func (c *config) readRoutes(rc *routev3.RouteConfiguration) error {
+	if err := unsupported(rc, "name", "virtual_hosts"); err != nil {
+		return err
+	}
 	vhs := rc.GetVirtualHosts()
 	if len(vhs) != 1 {
 		return errors.New("the stand-in supports one virtual host")
+	}
+	if err := unsupported(vhs[0], "name", "domains", "routes"); err != nil {
+		return err
 	}
 	for _, r := range vhs[0].GetRoutes() {
 		prefix, ok := r.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Prefix)
 		if !ok || r.GetRoute().GetCluster() == "" {
 			return fmt.Errorf("route %v: the stand-in supports prefix matches to a named cluster", r.GetMatch())
+		}
+		if err := unsupported(r, "match", "route"); err != nil {
+			return err
+		}
+		if err := unsupported(r.GetMatch(), "prefix"); err != nil {
+			return err
+		}
+		if err := unsupported(r.GetRoute(), "cluster", "timeout"); err != nil {
+			return err
 		}
 		timeout := defaultRouteTimeout
 		if t := r.GetRoute().GetTimeout(); t != nil {
@@ -205,23 +255,33 @@ func (c *config) readCluster(cl *clusterv3.Cluster) error {
 		if cl.GetLoadAssignment() != nil {
 			return errors.New("ORIGINAL_DST clusters must have no load assignment configured")
 		}
+		// circuit_breakers and cleanup_interval are accepted: limits far
+		// above the suite's load, and host expiry the suite never waits for.
+		if err := unsupported(cl, "name", "type", "lb_policy", "connect_timeout", "cleanup_interval", "original_dst_lb_config", "circuit_breakers"); err != nil {
+			return err
+		}
 		lb := cl.GetOriginalDstLbConfig()
+		if err := unsupported(lb, "use_http_header", "http_header_name", "metadata_key", "upstream_port_override"); err != nil {
+			return err
+		}
 		if !lb.GetUseHttpHeader() && lb.GetHttpHeaderName() != "" {
 			return errors.New("http_header_name is set but use_http_header is false")
 		}
 		pc := &podCluster{name: cl.GetName(), connectTimeout: durationOr(cl.GetConnectTimeout().AsDuration(), cl.GetConnectTimeout() != nil, 5*time.Second)}
 		if lb.GetUseHttpHeader() {
-			pc.headerName = lb.GetHttpHeaderName()
+			// Envoy keeps the name as an Http::LowerCaseString.
+			pc.headerName = strings.ToLower(lb.GetHttpHeaderName())
 			if pc.headerName == "" {
 				pc.headerName = defaultOriginalDstHdr
 			}
 		}
 		if mk := lb.GetMetadataKey(); mk != nil {
-			if len(mk.GetPath()) != 1 {
-				return errors.New("metadata_key: the stand-in supports a one-segment path")
+			pc.metadataNS = mk.GetKey()
+			for _, seg := range mk.GetPath() {
+				pc.metadataPath = append(pc.metadataPath, seg.GetKey())
 			}
-			pc.metadataNS, pc.metadataKey = mk.GetKey(), mk.GetPath()[0].GetKey()
 		}
+		pc.portOverride = lb.GetUpstreamPortOverride().GetValue()
 		c.clusters[cl.GetName()] = pc
 	}
 	return nil

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"sync"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
@@ -18,17 +17,24 @@ import (
 )
 
 // processor is the ext_proc filter for one HTTP request: one gRPC stream,
-// one message in flight at a time, as Envoy's Filter and its two
-// ProcessorStates (source/extensions/filters/http/ext_proc/ext_proc.cc,
-// processor_state.cc).
+// as Envoy's Filter and its two ProcessorStates
+// (source/extensions/filters/http/ext_proc/ext_proc.cc,
+// processor_state.cc). Sends may come from two goroutines (a full-duplex
+// body is sent while its answers are read); answers are read by one
+// goroutine at a time.
 type processor struct {
 	g        *gateway
-	mode     *filterv3.ProcessingMode
+	mode     *filterv3.ProcessingMode // current, after any mode_override
+	recv     chan recvResult
+	mu       sync.Mutex // guards what follows
 	stream   extprocv3.ExternalProcessor_ProcessClient
 	cancel   context.CancelFunc
-	recv     chan recvResult
 	complete bool // Filter::processing_complete_
+	sentCfg  bool // protocol_config goes with the first message only
 	metadata map[string]*structpb.Struct
+	// bodySeen: a full-duplex body chunk went out, so the filter can no
+	// longer fail open (ProcessorState::canFailOpen).
+	bodySeen bool
 }
 
 type recvResult struct {
@@ -36,194 +42,199 @@ type recvResult struct {
 	err  error
 }
 
-type phase int
-
-const (
-	phaseRequestHeaders phase = iota
-	phaseRequestBody
-	phaseResponseHeaders
-	phaseResponseBody
-)
-
 func (g *gateway) newProcessor() *processor {
 	return &processor{g: g, mode: proto.Clone(g.cfg.mode).(*filterv3.ProcessingMode), metadata: map[string]*structpb.Struct{}}
 }
 
-// open starts the stream lazily, like Filter::openStream.
-func (p *processor) open(ctx context.Context) error {
+func (p *processor) isComplete() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.complete
+}
+
+// finish marks processing complete and closes the stream (Filter::
+// closeStream): nothing more is sent or taken from the processor.
+func (p *processor) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.complete = true
 	if p.stream != nil {
+		_ = p.stream.CloseSend()
+		p.cancel()
+		p.stream = nil
+	}
+}
+
+// send opens the stream lazily (Filter::openStream) and sends one
+// message; the first carries protocol_config (Filter::encodeProtocolConfig).
+// A failure to open or send is onGrpcError.
+func (p *processor) send(ctx context.Context, req *extprocv3.ProcessingRequest) *localReply {
+	p.mu.Lock()
+	if p.complete {
+		p.mu.Unlock()
 		return nil
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if t := p.g.cfg.streamTimeout; t > 0 {
-		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), t)
-	}
-	s, err := p.g.proc.Process(sctx)
-	if err != nil {
-		cancel()
-		return err
-	}
-	p.stream, p.cancel, p.recv = s, cancel, make(chan recvResult, 1)
-	go func() {
-		for {
-			r, err := s.Recv()
-			p.recv <- recvResult{r, err}
-			if err != nil {
-				return
-			}
+	if p.stream == nil {
+		// The stream lives as long as the HTTP request at most; Envoy has
+		// no whole-stream deadline (grpc_service.timeout is ignored).
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s, err := p.g.proc.Process(sctx)
+		if err != nil {
+			cancel()
+			p.mu.Unlock()
+			return p.onGrpcError(status.Code(err))
 		}
-	}()
+		p.stream, p.cancel, p.recv = s, cancel, make(chan recvResult, 64)
+		go func() {
+			for {
+				r, err := s.Recv()
+				p.recv <- recvResult{r, err}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	if !p.sentCfg {
+		p.sentCfg = true
+		req.ProtocolConfig = &extprocv3.ProtocolConfiguration{
+			RequestBodyMode: p.mode.GetRequestBodyMode(), ResponseBodyMode: p.mode.GetResponseBodyMode(),
+		}
+	}
+	fd := filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
+	switch req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestBody:
+		p.bodySeen = p.bodySeen || p.mode.GetRequestBodyMode() == fd
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		p.bodySeen = p.bodySeen || p.mode.GetResponseBodyMode() == fd
+	}
+	err := p.stream.Send(req)
+	p.mu.Unlock()
+	if err != nil && !errors.Is(err, io.EOF) { // EOF: the server ended the stream; Recv says how
+		return p.onGrpcError(status.Code(err))
+	}
 	return nil
 }
 
-// close mirrors Filter::closeStream: half-close and drop the stream.
-func (p *processor) close() {
-	if p.stream == nil {
-		return
-	}
-	_ = p.stream.CloseSend()
-	p.cancel()
-	p.stream = nil
-}
-
-// headerModeSends: DEFAULT means SEND for headers (ProcessingMode docs).
-func headerModeSends(m filterv3.ProcessingMode_HeaderSendMode) bool {
-	return m != filterv3.ProcessingMode_SKIP
-}
-
-// call sends one message and waits for its answer under message_timeout.
-// A nil response with a nil reply means "continue without the processor"
-// (failure_mode_allow, stream closed, spurious message).
-func (p *processor) call(ctx context.Context, req *extprocv3.ProcessingRequest, ph phase) (*extprocv3.ProcessingResponse, *localReply) {
-	if p.complete {
+// next waits for the processor's next answer. nil, nil means "go on
+// without the processor" (stream closed, fail-open). timeout 0: no timer
+// (full-duplex bodies run none, ProcessorState::onStartProcessorCall).
+func (p *processor) next(ctx context.Context, timeout time.Duration) (*extprocv3.ProcessingResponse, *localReply) {
+	if p.isComplete() {
 		return nil, nil
 	}
-	if err := p.open(ctx); err != nil {
-		return nil, p.onGrpcError(status.Code(err))
+	var timer <-chan time.Time
+	var t *time.Timer
+	if timeout > 0 {
+		t = time.NewTimer(timeout)
+		defer t.Stop()
+		timer = t.C
 	}
-	if err := p.stream.Send(req); err != nil {
-		return nil, p.onGrpcError(status.Code(err))
-	}
-	timer := time.NewTimer(p.g.cfg.messageTimeout)
-	defer timer.Stop()
 	restarted := false
 	for {
 		select {
 		case <-ctx.Done(): // the downstream went away
-			p.complete = true
-			p.close()
+			p.finish()
 			return nil, nil
-		case <-timer.C:
+		case <-timer:
 			return nil, p.onMessageTimeout()
 		case r := <-p.recv:
 			if r.err != nil {
 				if errors.Is(r.err, io.EOF) {
-					p.onGrpcClose()
+					p.finish() // Filter::onGrpcClose: the server is done with us
 					return nil, nil
 				}
 				return nil, p.onGrpcError(status.Code(r.err))
 			}
-			resp := r.resp
 			// Filter::onNewTimeout: once per call, within [1ms, max_message_timeout].
-			if ot := resp.GetOverrideMessageTimeout(); ot != nil {
-				d := ot.AsDuration()
-				if !restarted && d >= time.Millisecond && d <= p.g.cfg.maxMessageTimeout {
-					timer.Reset(d)
+			if ot := r.resp.GetOverrideMessageTimeout(); ot != nil {
+				if d := ot.AsDuration(); t != nil && !restarted && d >= time.Millisecond && d <= p.g.cfg.maxMessageTimeout {
+					t.Reset(d)
 					restarted = true
 				}
 				continue
 			}
-			// Filter::onReceiveMessage: mode_override only with
-			// allow_mode_override and only while in a headers state.
-			if p.g.cfg.allowModeOverride && (ph == phaseRequestHeaders || ph == phaseResponseHeaders) && resp.GetModeOverride() != nil {
-				p.mode = proto.Clone(resp.GetModeOverride()).(*filterv3.ProcessingMode)
-			}
-			return resp, nil
+			return r.resp, nil
 		}
 	}
 }
 
-// onGrpcError mirrors Filter::onGrpcError.
-func (p *processor) onGrpcError(code codes.Code) *localReply {
-	p.complete = true
-	p.close()
-	if p.g.cfg.failureModeAllow {
-		return nil
-	}
-	return &localReply{status: 500, details: fmt.Sprintf("ext_proc_error_gRPC_error_%d", code)}
+// failOpen mirrors Filter::failureModeAllow: never once a full-duplex
+// body chunk has left.
+func (p *processor) failOpen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.g.cfg.failureModeAllow && !p.bodySeen
 }
 
-// onGrpcClose mirrors Filter::onGrpcClose: the server is done with us.
-func (p *processor) onGrpcClose() {
-	p.complete = true
-	p.close()
+// onGrpcError mirrors Filter::onGrpcError: status_on_error (500 unless
+// set) with failure mode closed.
+func (p *processor) onGrpcError(code codes.Code) *localReply {
+	open := p.failOpen()
+	p.finish()
+	if open {
+		return nil
+	}
+	return &localReply{status: p.g.cfg.statusOnError, details: fmt.Sprintf("ext_proc_error_gRPC_error_%d", code)}
 }
 
 // onMessageTimeout mirrors Filter::onMessageTimeout.
 func (p *processor) onMessageTimeout() *localReply {
-	p.complete = true
-	p.close()
-	if p.g.cfg.failureModeAllow {
+	open := p.failOpen()
+	p.finish()
+	if open {
 		return nil
 	}
 	return &localReply{status: 504, details: "ext_proc_error_per-message_timeout_exceeded"}
 }
 
-// handle applies one answer: the expected response type, an immediate
-// response, or anything else (spurious: ignore the processor from now on,
-// Filter::onReceiveMessage's FailedPrecondition branch).
-func (p *processor) handle(resp *extprocv3.ProcessingResponse, ph phase, h *headerMap, body *[]byte) *localReply {
-	if resp == nil {
+// spurious is an answer of the wrong type for the state (processor_state
+// returns FailedPrecondition). Envoy 1.34 dropped the processor and went
+// on; since 1.35 (ext_proc_fail_close_spurious_resp) failure mode closed
+// answers status_on_error.
+func (p *processor) spurious(what string) *localReply {
+	p.g.log.Warn("spurious ext_proc response", "got", what)
+	open := p.g.cfg.legacy || p.failOpen()
+	p.finish()
+	if open {
 		return nil
 	}
-	if ir := resp.GetImmediateResponse(); ir != nil {
-		p.complete = true
-		p.close()
-		return immediateReply(ir)
+	return &localReply{status: p.g.cfg.statusOnError, details: "spurious message"}
+}
+
+// overrideMode mirrors Filter::onReceiveMessage's mode_override handling:
+// taken only with allow_mode_override, while headers are being processed,
+// and when neither configured body mode is FULL_DUPLEX_STREAMED; header
+// and trailer modes left DEFAULT keep the configured ones, body modes are
+// taken as sent (effectiveModeOverride).
+func (p *processor) overrideMode(o *filterv3.ProcessingMode) {
+	cfg := p.g.cfg.mode
+	fd := filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
+	if o == nil || !p.g.cfg.allowModeOverride || cfg.GetRequestBodyMode() == fd || cfg.GetResponseBodyMode() == fd {
+		return
 	}
-	var common *extprocv3.CommonResponse
-	var ok bool
-	switch ph {
-	case phaseRequestHeaders:
-		common, ok = resp.GetRequestHeaders().GetResponse(), resp.GetRequestHeaders() != nil
-	case phaseResponseHeaders:
-		common, ok = resp.GetResponseHeaders().GetResponse(), resp.GetResponseHeaders() != nil
-	case phaseRequestBody:
-		common, ok = resp.GetRequestBody().GetResponse(), resp.GetRequestBody() != nil
-	case phaseResponseBody:
-		common, ok = resp.GetResponseBody().GetResponse(), resp.GetResponseBody() != nil
+	m := proto.Clone(cfg).(*filterv3.ProcessingMode)
+	if o.GetRequestHeaderMode() != filterv3.ProcessingMode_DEFAULT {
+		m.RequestHeaderMode = o.GetRequestHeaderMode()
 	}
-	if !ok {
-		p.g.log.Warn("spurious ext_proc response; ignoring the processor for the rest of the request", "got", fmt.Sprintf("%T", resp.GetResponse()))
-		p.complete = true
-		p.close()
-		return nil
+	if o.GetResponseHeaderMode() != filterv3.ProcessingMode_DEFAULT {
+		m.ResponseHeaderMode = o.GetResponseHeaderMode()
 	}
-	p.receiveMetadata(resp)
-	if common.GetHeaderMutation() != nil && h != nil {
-		if err := p.g.applyHeaderMutations(common.GetHeaderMutation(), h, p.g.checker); err != nil {
-			// Any non-spurious failure is a 500 local reply.
-			p.complete = true
-			p.close()
-			return &localReply{status: 500, details: err.Error()}
-		}
+	if o.GetRequestTrailerMode() != filterv3.ProcessingMode_DEFAULT {
+		m.RequestTrailerMode = o.GetRequestTrailerMode()
 	}
-	if bm := common.GetBodyMutation(); bm != nil && body != nil {
-		switch m := bm.GetMutation().(type) {
-		case *extprocv3.BodyMutation_Body:
-			*body = m.Body
-		case *extprocv3.BodyMutation_ClearBody:
-			if m.ClearBody {
-				*body = nil
-			}
-		}
+	if o.GetResponseTrailerMode() != filterv3.ProcessingMode_DEFAULT {
+		m.ResponseTrailerMode = o.GetResponseTrailerMode()
 	}
-	return nil
+	m.RequestBodyMode, m.ResponseBodyMode = o.GetRequestBodyMode(), o.GetResponseBodyMode()
+	p.mode = m
 }
 
 // receiveMetadata mirrors Filter::setDynamicMetadata: only namespaces
 // listed in metadata_options.receiving_namespaces are taken.
 func (p *processor) receiveMetadata(resp *extprocv3.ProcessingResponse) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for ns, v := range resp.GetDynamicMetadata().GetFields() {
 		for _, allowed := range p.g.cfg.receivingNS {
 			if ns == allowed && v.GetStructValue() != nil {
@@ -233,73 +244,55 @@ func (p *processor) receiveMetadata(resp *extprocv3.ProcessingResponse) {
 	}
 }
 
-// applyHeaderMutations mirrors MutationUtils::applyHeaderMutations
-// (mutation_utils.cc): removals first, then sets; the value is read from
-// raw_value only; an unset append_action falls back to the deprecated
-// `append` flag, whose default is false (overwrite).
-func (g *gateway) applyHeaderMutations(m *extprocv3.HeaderMutation, h *headerMap, ck *checker) error {
-	for _, name := range m.GetRemoveHeaders() {
-		if !validHeaderName(name) {
-			return errors.New("Invalid character in remove_headers mutation.")
-		}
-		switch ck.check(name) {
-		case checkOK:
-			h.remove(strings.ToLower(name))
-		case checkIgnore:
-			g.log.Debug("header may not be removed per rules", "header", name)
-		case checkFail:
-			return fmt.Errorf("Invalid attempt to remove %s", strings.ToLower(name))
-		}
-	}
-	for _, sh := range m.GetSetHeaders() {
-		if sh.GetHeader() == nil {
-			continue
-		}
-		if sh.GetHeader().GetValue() != "" && len(sh.GetHeader().GetRawValue()) != 0 {
-			return errors.New("Only one of value or raw_value in the HeaderValue message should be set.")
-		}
-		name, value := strings.ToLower(sh.GetHeader().GetKey()), string(sh.GetHeader().GetRawValue())
-		if !validHeaderName(name) || !validHeaderValue(value) {
-			return errors.New("Invalid character in set_headers mutation.")
-		}
-		_, exists := h.get(name)
-		appendMode, apply := false, true
-		switch sh.GetAppendAction() {
-		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD: // 0: the deprecated flag decides
-			appendMode = sh.GetAppend().GetValue()
-		case corev3.HeaderValueOption_ADD_IF_ABSENT:
-			appendMode, apply = true, !exists
-		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
-		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
-			apply = exists
-		default:
-			return fmt.Errorf("Invalid append_action value %s", name)
-		}
-		if !apply {
-			continue
-		}
-		switch ck.check(name) {
-		case checkOK:
-			if appendMode {
-				h.add(name, value)
-			} else {
-				h.set(name, value)
-			}
-		case checkIgnore:
-			g.log.Debug("header may not be modified per rules", "header", name)
-		case checkFail:
-			return fmt.Errorf("Invalid attempt to modify %s", name)
-		}
-	}
-	return nil
+// expectsResponse: the response path still sends the processor something
+// (ProcessorState::noExternalProcess is its negation).
+func (p *processor) expectsResponse() bool {
+	m := p.mode
+	return m.GetResponseHeaderMode() != filterv3.ProcessingMode_SKIP || m.GetResponseBodyMode() != filterv3.ProcessingMode_NONE ||
+		m.GetResponseTrailerMode() == filterv3.ProcessingMode_SEND
 }
 
-// immediateReply mirrors Filter::sendImmediateResponse: a missing or
-// sub-200 status becomes 200; headers go through the permissive checker.
-func immediateReply(ir *extprocv3.ImmediateResponse) *localReply {
-	code := int(ir.GetStatus().GetCode())
-	if code < 200 {
-		code = 200
+// settle is called when the request path is done with the processor.
+// Envoy ≥ 1.37 closes the stream itself once no answer is expected
+// (Filter::closeGrpcStreamIfLastRespReceived, on by default through
+// ext_proc_stream_close_optimization). Envoy 1.34–1.36 keeps it until the
+// HTTP request ends (Filter::onDestroy): a stream the server has not
+// ended can still fail, and that fails the request. watch reports such a
+// failure; call its stop when the request ends.
+func (p *processor) settle() (stop func() *localReply) {
+	if !p.g.cfg.legacy && !p.expectsResponse() {
+		p.finish()
 	}
-	return &localReply{status: code, body: ir.GetBody(), mutation: ir.GetHeaders(), details: ir.GetDetails()}
+	return p.watch()
+}
+
+// watch reads the stream while nothing else waits on it (between the
+// request and response paths, and after the response path): an error
+// there is Filter::onGrpcError with processing not complete.
+func (p *processor) watch() (stop func() *localReply) {
+	if p.isComplete() {
+		return func() *localReply { return nil }
+	}
+	quit := make(chan struct{})
+	done := make(chan *localReply, 1)
+	go func() {
+		select {
+		case <-quit:
+			done <- nil
+		case r := <-p.recv:
+			switch {
+			case r.err == nil:
+				done <- p.spurious(fmt.Sprintf("%T while no answer was expected", r.resp.GetResponse()))
+			case errors.Is(r.err, io.EOF):
+				p.finish()
+				done <- nil
+			default:
+				done <- p.onGrpcError(status.Code(r.err))
+			}
+		}
+	}()
+	return func() *localReply {
+		close(quit)
+		return <-done
+	}
 }

@@ -26,7 +26,8 @@ import (
 	"github.com/coord-extproc/coord-extproc/envoy"
 )
 
-// script answers each ext_proc message; nil means "send nothing".
+// script answers each ext_proc message; nil ends the stream with OK
+// before answering.
 type script func(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse
 
 type fakeProcessor struct {
@@ -44,10 +45,12 @@ func (f *fakeProcessor) Process(s extprocv3.ExternalProcessor_ProcessServer) err
 		}
 		f.messages.Add(1)
 		time.Sleep(f.delay)
-		if resp := f.answer(req); resp != nil {
-			if err := s.Send(resp); err != nil {
-				return err
-			}
+		resp := f.answer(req)
+		if resp == nil {
+			return nil
+		}
+		if err := s.Send(resp); err != nil {
+			return err
 		}
 	}
 }
@@ -93,7 +96,7 @@ func newHarness(t *testing.T, answer script, tweak func(*config)) *harness {
 	if tweak != nil {
 		tweak(cfg)
 	}
-	ck, err := newChecker(cfg.rules)
+	ck, err := envoy.NewMutationChecker(cfg.rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +163,7 @@ func TestRoutingByEndpointHeader(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse { return setHeaders(tt.value) }, nil)
+			h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse { return setHeaders(tt.value) }, useHeader)
 			before := hits.Load()
 			status, body, _ := h.get(t, "/x")
 			if status != tt.status {
@@ -173,13 +176,44 @@ func TestRoutingByEndpointHeader(t *testing.T) {
 	}
 }
 
-// Without a mutation the client's own header decides (first value): this
-// is why coord-extproc strips it and why failure mode must stay closed.
-func TestClientHeaderSurvivesWithoutMutation(t *testing.T) {
+// useHeader makes the pods cluster read the endpoint header, as the
+// shipped configs no longer do.
+func useHeader(c *config) { c.clusters["pods"].headerName = "x-gateway-destination-endpoint" }
+
+// A request that reaches the ORIGINAL_DST cluster without the processor's
+// answer — the processor ends the stream before answering, fails open, or
+// answers without touching the endpoint — gets 503 with the shipped
+// config, never the client's header value. With a cluster that reads the
+// header (the old config), the client's own header decides (first
+// value): the test can fail.
+func TestBypassNeverRoutesByClientHeader(t *testing.T) {
 	up, hits := echo(t)
-	h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse { return setHeaders() }, nil)
-	if status, _, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up, "x-gateway-destination-endpoint", "10.255.255.1:1"); status != 200 || hits.Load() != 1 {
-		t.Fatalf("status %d hits %d", status, hits.Load())
+	closeEarly := func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse { return nil }
+	for _, tc := range []struct {
+		name   string
+		answer script
+		tweak  func(*config)
+	}{
+		{"stream ended before an answer", closeEarly, nil},
+		{"processor down, failure mode open", closeEarly, func(c *config) { c.grpc.addr = "127.0.0.1:1"; c.failureModeAllow = true }},
+		{"answer without mutation", func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse { return setHeaders() }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.answer, tc.tweak)
+			if status, body, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up); status != 503 || body != "no healthy upstream" || hits.Load() != 0 {
+				t.Fatalf("status %d %q, upstream hits %d: want 503 and no request at the client's address", status, body, hits.Load())
+			}
+			h = newHarness(t, tc.answer, func(c *config) {
+				if tc.tweak != nil {
+					tc.tweak(c)
+				}
+				useHeader(c)
+			})
+			if status, _, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up); status != 200 || hits.Load() != 1 {
+				t.Fatalf("header-reading cluster: status %d hits %d, want the client's choice honoured", status, hits.Load())
+			}
+			hits.Store(0)
+		})
 	}
 }
 
@@ -187,7 +221,7 @@ func TestMutationRules(t *testing.T) {
 	up, _ := echo(t)
 	h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 		return setHeaders(raw("x-gateway-destination-endpoint", up), raw("x-envoy-original-dst-host", "1.1.1.1:1"), raw("host", "evil"), raw(":authority", "evil"), raw("x-ok", "yes"))
-	}, nil)
+	}, useHeader)
 	status, body, _ := h.get(t, "/x")
 	var got http.Header
 	_ = json.Unmarshal([]byte(body), &got)
@@ -202,12 +236,33 @@ func TestMutationRules(t *testing.T) {
 			t.Fatalf("status %d, want 500", status)
 		}
 	})
-	t.Run("value and raw_value both set", func(t *testing.T) {
+	// Released Envoy reads raw_value and ignores value (the "only one of"
+	// error was dropped in 1.32), and honours only the deprecated append
+	// flag: append_action is not read.
+	t.Run("raw_value wins, append_action ignored", func(t *testing.T) {
 		h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-			return setHeaders(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-a", Value: "1", RawValue: []byte("1")}})
-		}, nil)
+			return setHeaders(raw("x-gateway-destination-endpoint", up),
+				&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-a", Value: "v", RawValue: []byte("raw")}, AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+				&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-b", RawValue: []byte("second")}, Append: wrapperspb.Bool(true)})
+		}, useHeader)
+		status, body, _ := h.get(t, "/x", "x-a", "client", "x-b", "first")
+		var got http.Header
+		_ = json.Unmarshal([]byte(body), &got)
+		if status != 200 || strings.Join(got.Values("X-A"), ",") != "raw" || strings.Join(got.Values("X-B"), ",") != "first,second" {
+			t.Fatalf("%d x-a=%v x-b=%v, want x-a overwritten with raw_value and x-b appended", status, got.Values("X-A"), got.Values("X-B"))
+		}
+	})
+	t.Run("pseudo-headers and host are never removed", func(t *testing.T) {
+		h := newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+			r := setHeaders(raw("x-gateway-destination-endpoint", up))
+			r.GetRequestHeaders().GetResponse().GetHeaderMutation().RemoveHeaders = []string{"host", ":path"}
+			return r
+		}, func(c *config) {
+			useHeader(c)
+			c.rules = &mutationv3.HeaderMutationRules{AllowAllRouting: wrapperspb.Bool(true), DisallowIsError: wrapperspb.Bool(true)}
+		})
 		if status, _, _ := h.get(t, "/x"); status != 500 {
-			t.Fatalf("status %d, want 500", status)
+			t.Fatalf("status %d, want 500 (refused removal, disallow_is_error)", status)
 		}
 	})
 }
@@ -223,7 +278,7 @@ func TestModeOverride(t *testing.T) {
 		return continueAll(req)
 	}
 	for _, allowed := range []bool{true, false} {
-		h := newHarness(t, answer, func(c *config) { c.allowModeOverride = allowed })
+		h := newHarness(t, answer, func(c *config) { useHeader(c); c.allowModeOverride = allowed })
 		if status, _, _ := h.get(t, "/x"); status != 200 {
 			t.Fatalf("allowed=%v: status %d", allowed, status)
 		}
@@ -246,7 +301,7 @@ func TestTimeoutsAndFailureMode(t *testing.T) {
 	if status, _, _ := h.get(t, "/x"); status != 504 || time.Since(start) > 350*time.Millisecond {
 		t.Fatalf("message timeout: %d after %s, want 504 after ~200ms", status, time.Since(start))
 	}
-	h = newHarness(t, slow, func(c *config) { c.failureModeAllow = true })
+	h = newHarness(t, slow, func(c *config) { useHeader(c); c.failureModeAllow = true })
 	h.proc.delay = 400 * time.Millisecond
 	if status, _, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up); status != 200 || hits.Load() != 1 {
 		t.Fatalf("failure_mode_allow: %d, hits %d; the request goes on unprocessed", status, hits.Load())
@@ -276,15 +331,32 @@ func TestImmediateAndSpurious(t *testing.T) {
 	if status, _, _ := h.get(t, "/x"); status != 410 {
 		t.Fatalf("immediate 410: %d", status)
 	}
-	// A response of the wrong type is spurious: ignored, the request goes
+	// A response of the wrong type is spurious. Envoy ≥ 1.35 with failure
+	// mode closed answers status_on_error (500); 1.34 ignored it and went
 	// on without the processor's mutation.
-	h = newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	spurious := func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{
 			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{raw("x-gateway-destination-endpoint", "127.0.0.1:1")}}},
 		}}}
-	}, nil)
+	}
+	h = newHarness(t, spurious, useHeader)
+	if status, _, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up); status != 500 || hits.Load() != 0 {
+		t.Fatalf("spurious: %d hits %d, want 500", status, hits.Load())
+	}
+	h = newHarness(t, spurious, func(c *config) { useHeader(c); c.legacy = true })
 	if status, _, _ := h.get(t, "/x", "x-gateway-destination-endpoint", up); status != 200 || hits.Load() != 1 {
-		t.Fatalf("spurious: %d hits %d", status, hits.Load())
+		t.Fatalf("spurious on 1.34: %d hits %d", status, hits.Load())
+	}
+	// An immediate response's headers go through the filter's mutation
+	// rules, and an empty body carries no content-type.
+	h = newHarness(t, func(*extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode_NoContent},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{raw("content-type", "application/json"), raw("x-envoy-x", "1")}},
+		}}}
+	}, nil)
+	if status, _, hdr := h.get(t, "/x"); status != 204 || hdr.Get("Content-Type") != "" || hdr.Get("X-Envoy-X") != "" {
+		t.Fatalf("empty immediate: %d %v", status, hdr)
 	}
 }
 
@@ -296,7 +368,7 @@ func TestMetadataNeedsReceivingNamespace(t *testing.T) {
 		return r
 	}
 	useMetadata := func(c *config) {
-		c.clusters["pods"].metadataNS, c.clusters["pods"].metadataKey = "envoy.lb", "x-gateway-destination-endpoint"
+		c.clusters["pods"].metadataNS, c.clusters["pods"].metadataPath = "envoy.lb", []string{"x-gateway-destination-endpoint"}
 	}
 	h := newHarness(t, answer, useMetadata)
 	if status, _, _ := h.get(t, "/x"); status != 200 || hits.Load() != 1 {
@@ -308,22 +380,37 @@ func TestMetadataNeedsReceivingNamespace(t *testing.T) {
 	}
 }
 
+// Settings the stand-in does not play are refused, not ignored.
 func TestUnsupportedConfigIsRefused(t *testing.T) {
-	b, err := envoy.Load("../../envoy/envoy.yaml")
+	data, err := readFile("../../envoy/envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ from, to, want string }{
+		{"timeout: 30s", "timeout: 30s\n                  retry_policy: { retry_on: 5xx }", "retry_policy"},
+		{"timeout: 30s", "timeout: 30s\n                request_headers_to_add: [{ header: { key: a, value: b } }]", "request_headers_to_add"},
+		{"timeout: 30s", "timeout: 30s\n                typed_per_filter_config: { envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, disabled: true } }", "typed_per_filter_config"},
+		{"allow_mode_override: true", "allow_mode_override: true\n              observability_mode: true", "observability_mode"},
+		{"allow_mode_override: true", "allow_mode_override: true\n              send_body_without_waiting_for_header_response: true", "send_body_without_waiting_for_header_response"},
+		{"cleanup_interval: 30s", "cleanup_interval: 30s\n    dns_lookup_family: V4_ONLY", "dns_lookup_family"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			broken := strings.Replace(data, tc.from, tc.to, 1)
+			b, err := envoy.Parse([]byte(broken))
+			if err != nil {
+				t.Fatalf("copy does not parse: %v", err)
+			}
+			if _, err := fromBootstrap(b); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %s", err, tc.want)
+			}
+		})
+	}
+	b, err := envoy.Parse([]byte(data))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := fromBootstrap(b); err != nil {
 		t.Fatal(err)
-	}
-	data, _ := readFile("../../envoy/envoy.yaml")
-	broken := strings.Replace(data, "response_body_mode: NONE", "response_body_mode: STREAMED", 1)
-	b2, err := envoy.Parse([]byte(broken))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fromBootstrap(b2); err == nil || !strings.Contains(err.Error(), "STREAMED") {
-		t.Fatalf("STREAMED body mode accepted: %v", err)
 	}
 }
 

@@ -1,10 +1,12 @@
 // Command gateway is a stand-in for Envoy, for machines where no Envoy
 // binary can be installed. It configures itself from an Envoy bootstrap
 // (envoy/envoy.yaml or envoy/envoy-ext-authz.yaml) and plays Envoy's part
-// for what coord-extproc relies on: the ext_proc client (one stream per
-// request, processing modes and mode_override, header mutation rules,
-// immediate responses, message_timeout, failure mode), the ext_authz
-// client, and the ORIGINAL_DST cluster routing by header. Each behaviour
+// (envoy.Version, or the 1.34–1.36 lines with --envoy-version 1.34) for
+// what coord-extproc relies on: the ext_proc client (one stream per
+// request and its lifetime, every body mode, processing modes and
+// mode_override, header mutation rules, immediate and spurious responses,
+// message_timeout, failure mode), the ext_authz client, and the
+// ORIGINAL_DST cluster routing by metadata or header. Each behaviour
 // names the Envoy source it mirrors. Settings it does not implement are
 // refused at start-up.
 package main
@@ -45,6 +47,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "envoy/envoy.yaml", "Envoy bootstrap to play")
+	version := fs.String("envoy-version", envoy.Version, "Envoy release to play: "+envoy.Version+", or 1.34 for the 1.34–1.36 behaviour (stream kept to the request's end, spurious answers drop the processor)")
 	listen := fs.String("listen", "", "override the listener address (default: the bootstrap's)")
 	coord := fs.String("coord-extproc", "", "override the coord_extproc cluster's address (default: the bootstrap's)")
 	verbose := fs.Bool("v", false, "log every local reply")
@@ -64,13 +67,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", *cfgPath, err)
 	}
+	switch *version {
+	case envoy.Version:
+	case "1.34":
+		cfg.legacy = true
+	default:
+		return fmt.Errorf("--envoy-version %q: the stand-in plays %s or 1.34", *version, envoy.Version)
+	}
 	if *listen != "" {
 		cfg.listen = *listen
 	}
 	if *coord != "" {
 		cfg.grpc.addr = *coord
 	}
-	ck, err := newChecker(cfg.rules)
+	ck, err := envoy.NewMutationChecker(cfg.rules)
 	if err != nil {
 		return fmt.Errorf("mutation_rules: %w", err)
 	}

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 
@@ -16,16 +16,14 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
-)
 
-// bufferLimit is Envoy's default per-connection buffer limit (1 MiB): the
-// most a BUFFERED body phase holds.
-const bufferLimit = 1 << 20
+	"github.com/coord-extproc/coord-extproc/envoy"
+)
 
 type gateway struct {
 	cfg       *config
 	log       *slog.Logger
-	checker   *checker
+	checker   *envoy.MutationChecker
 	proc      extprocv3.ExternalProcessorClient
 	authz     authv3.AuthorizationClient
 	transport *http.Transport
@@ -40,8 +38,26 @@ type localReply struct {
 	details      string
 }
 
+// flowBody is one direction's body as the filter passes it on.
+type flowBody struct {
+	r      io.Reader
+	length int64 // -1: unknown (sent chunked)
+	// trailers are those to pass on after the body; valid at r's EOF.
+	trailers func() http.Header
+	// reply is the local reply a streamed body ended in (it waits for
+	// the body's end); nil for bodies not streamed.
+	reply func() *localReply
+	done  <-chan struct{} // closed at a streamed body's end; nil otherwise
+}
+
+func passThrough(r io.Reader, length int64, trailers func() http.Header) *flowBody {
+	return &flowBody{r: r, length: length, trailers: trailers}
+}
+
 func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	// Envoy streams both ways at once; Go's HTTP/1 server does only when asked.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	h := requestHeaders(r)
 	// The connection manager's path handling comes before every filter.
 	if raw, _ := h.get(":path"); raw != "" {
@@ -54,14 +70,19 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.add("x-forwarded-proto", "http")
 	var p *processor
+	var meta map[string]*structpb.Struct
+	up := passThrough(r.Body, r.ContentLength, func() http.Header { return r.Trailer })
+	var reply *localReply
 	if g.cfg.api == "ext_proc" {
 		p = g.newProcessor()
-		defer p.close()
-		if reply := g.requestPhase(ctx, p, r, &h); reply != nil {
-			g.writeLocal(w, reply)
-			return
+		defer p.finish()
+		if up, reply = g.requestPath(ctx, p, r, &h); reply == nil {
+			meta = p.metadata
 		}
-	} else if reply := g.authorize(ctx, r, &h); reply != nil {
+	} else {
+		meta, reply = g.authorize(ctx, r, &h)
+	}
+	if reply != nil {
 		g.writeLocal(w, reply)
 		return
 	}
@@ -72,136 +93,169 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.writeLocal(w, &localReply{status: 404, details: "route_not_found"})
 		return
 	}
-	var meta = p.metadataOrNil()
 	addr, ok := g.cfg.clusters[rt.cluster].pickHost(h, meta)
 	if !ok {
 		// Router with no host from the LB: 503, body "no healthy upstream".
 		g.writeLocal(w, &localReply{status: 503, body: []byte("no healthy upstream"), details: "no_healthy_upstream"})
 		return
 	}
-	resp, err := g.forward(ctx, r, h, addr.String(), rt)
+	// Once the request's body is through the filter, the stream is left
+	// alone while the pod works: Envoy ≥ 1.37 closes it if nothing more
+	// is expected; 1.34–1.36 keep it, and its failure fails the request.
+	watched := make(chan func() *localReply, 1)
+	if p != nil {
+		go func() {
+			if up.done != nil {
+				select {
+				case <-up.done:
+				case <-ctx.Done():
+				}
+			}
+			watched <- p.settle()
+		}()
+	}
+	resp, err := g.forward(ctx, r, h, addr.String(), rt, up)
+	if p != nil {
+		reply = (<-watched)()
+	}
+	if reply == nil && up.reply != nil {
+		reply = up.reply()
+	}
+	if reply != nil {
+		if err == nil {
+			resp.Body.Close()
+		}
+		g.writeLocal(w, reply)
+		return
+	}
 	if err != nil {
 		g.writeLocal(w, upstreamFailure(err))
 		return
 	}
 	defer resp.Body.Close()
 	rh := responseHeaders(resp.StatusCode, resp.Header)
-	var body []byte
-	buffered := false
+	down := passThrough(resp.Body, resp.ContentLength, func() http.Header { return resp.Trailer })
 	if p != nil {
-		reply, b, done := g.responsePhase(ctx, p, &rh, resp)
-		if reply != nil {
+		if down, reply = g.responsePath(ctx, p, &rh, resp); reply != nil {
 			g.writeLocal(w, reply)
 			return
 		}
-		body, buffered = b, done
 	}
 	status, _ := rh.get(":status")
 	for k, vs := range rh.httpHeader() {
 		w.Header()[http.CanonicalHeaderKey(k)] = vs
-	}
-	if buffered {
-		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	code, err := strconv.Atoi(status)
 	if err != nil {
 		code = resp.StatusCode
 	}
 	w.WriteHeader(code)
-	if buffered {
-		_, _ = w.Write(body)
-		return
+	copyFlushing(w, down.r)
+	if down.reply != nil && down.reply() != nil {
+		panic(http.ErrAbortHandler) // the response has started: Envoy can only reset
 	}
-	_, _ = io.Copy(w, resp.Body)
-}
-
-func (p *processor) metadataOrNil() map[string]*structpb.Struct {
-	if p == nil {
-		return nil
-	}
-	return p.metadata
-}
-
-// requestPhase runs the request headers (and, if asked, the buffered
-// request body) through ext_proc.
-func (g *gateway) requestPhase(ctx context.Context, p *processor, r *http.Request, h *headerMap) *localReply {
-	hasBody := r.ContentLength != 0 || len(r.TransferEncoding) > 0
-	if headerModeSends(p.mode.GetRequestHeaderMode()) {
-		req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-			RequestHeaders: &extprocv3.HttpHeaders{Headers: h.proto(), EndOfStream: !hasBody},
-		}}
-		resp, reply := p.call(ctx, req, phaseRequestHeaders)
-		if reply != nil {
-			return reply
-		}
-		if reply := p.handle(resp, phaseRequestHeaders, h, nil); reply != nil {
-			return reply
+	if p != nil {
+		if stop := p.watch(); stop() != nil {
+			panic(http.ErrAbortHandler)
 		}
 	}
-	if !p.complete && hasBody && p.mode.GetRequestBodyMode() == filterv3.ProcessingMode_BUFFERED {
-		body, err := io.ReadAll(io.LimitReader(r.Body, bufferLimit+1))
+	for k, vs := range down.trailers() {
+		for _, v := range vs {
+			w.Header().Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
+
+// copyFlushing passes each chunk on as it comes, as Envoy streams.
+func copyFlushing(w http.ResponseWriter, r io.Reader) {
+	f, _ := w.(http.Flusher)
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if f != nil {
+				f.Flush()
+			}
+		}
 		if err != nil {
-			return &localReply{status: 400, details: "downstream_body_read_error"}
+			if !errors.Is(err, io.EOF) {
+				panic(http.ErrAbortHandler) // Envoy resets a response it cannot finish
+			}
+			return
 		}
-		if len(body) > bufferLimit {
-			return &localReply{status: 413, body: []byte("Payload Too Large"), details: "request_payload_too_large"}
-		}
-		resp, reply := p.call(ctx, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
-			RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true},
-		}}, phaseRequestBody)
-		if reply != nil {
-			return reply
-		}
-		if reply := p.handle(resp, phaseRequestBody, h, &body); reply != nil {
-			return reply
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
 	}
-	return nil
 }
 
-// responsePhase sends the upstream response headers and, when the mode
-// asks for it, the buffered body. It returns the body when it had to
-// buffer it.
-func (g *gateway) responsePhase(ctx context.Context, p *processor, rh *headerMap, resp *http.Response) (*localReply, []byte, bool) {
-	if p.complete {
-		return nil, nil, false
-	}
-	bodyMode := p.mode.GetResponseBodyMode()
-	if headerModeSends(p.mode.GetResponseHeaderMode()) {
-		noBody := resp.ContentLength == 0
-		pr, reply := p.call(ctx, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-			ResponseHeaders: &extprocv3.HttpHeaders{Headers: rh.proto(), EndOfStream: noBody},
-		}}, phaseResponseHeaders)
+// requestPath runs the request headers and body through ext_proc
+// (Filter::decodeHeaders, decodeData, decodeTrailers).
+func (g *gateway) requestPath(ctx context.Context, p *processor, r *http.Request, h *headerMap) (*flowBody, *localReply) {
+	hasBody := r.ContentLength != 0 || len(r.TransferEncoding) > 0
+	b := &body{p: p, s: requestSide, src: r.Body, length: r.ContentLength, trailers: func() http.Header { return r.Trailer }}
+	return g.path(ctx, b, hasBody, r.ContentLength, h, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: h.proto(), EndOfStream: !hasBody},
+	}}, p.mode.GetRequestHeaderMode(), phaseRequestHeaders)
+}
+
+// responsePath runs the response headers and body through ext_proc
+// (Filter::encodeHeaders, encodeData, encodeTrailers).
+func (g *gateway) responsePath(ctx context.Context, p *processor, rh *headerMap, resp *http.Response) (*flowBody, *localReply) {
+	hasBody := resp.ContentLength != 0
+	b := &body{p: p, s: responseSide, src: resp.Body, length: resp.ContentLength, trailers: func() http.Header { return resp.Trailer }}
+	return g.path(ctx, b, hasBody, resp.ContentLength, rh, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: rh.proto(), EndOfStream: !hasBody},
+	}}, p.mode.GetResponseHeaderMode(), phaseResponseHeaders)
+}
+
+// path sends one direction's headers (if the mode says so) and body (per
+// the mode after any override).
+func (g *gateway) path(ctx context.Context, b *body, hasBody bool, length int64, h *headerMap, hdrMsg *extprocv3.ProcessingRequest, hdrMode filterv3.ProcessingMode_HeaderSendMode, ph phase) (*flowBody, *localReply) {
+	p := b.p
+	var st *stream
+	if !p.isComplete() && headerModeSends(hdrMode) {
+		if reply := p.send(ctx, hdrMsg); reply != nil {
+			return nil, reply
+		}
+		timeout := g.cfg.messageTimeout
+		if hasBody && b.s.bodyMode(p.mode) == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+			// Full duplex sends the body while the headers are out, and
+			// runs no message timer.
+			timeout = 0
+			st = b.startStream(ctx)
+		}
+		resp, reply := p.next(ctx, timeout)
+		if reply == nil {
+			reply = p.handle(resp, ph, h)
+		}
 		if reply != nil {
-			return reply, nil, false
+			return nil, reply
 		}
-		if reply := p.handle(pr, phaseResponseHeaders, rh, nil); reply != nil {
-			return reply, nil, false
+	}
+	if st == nil && (!hasBody || p.isComplete()) {
+		return passThrough(b.src, length, b.trailers), nil
+	}
+	switch mode := b.s.bodyMode(p.mode); {
+	case st != nil || mode == filterv3.ProcessingMode_STREAMED || mode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED:
+		if st == nil {
+			st = b.startStream(ctx)
 		}
-		bodyMode = p.mode.GetResponseBodyMode()
+		go st.receive(ctx)
+		return st.flowBody(), nil
+	case mode == filterv3.ProcessingMode_BUFFERED || mode == filterv3.ProcessingMode_BUFFERED_PARTIAL:
+		rd, n, reply := b.buffered(ctx, h, mode == filterv3.ProcessingMode_BUFFERED_PARTIAL)
+		if reply != nil {
+			return nil, reply
+		}
+		return &flowBody{r: rd, length: n, trailers: func() http.Header { return b.outTrailers }}, nil
 	}
-	if p.complete || bodyMode != filterv3.ProcessingMode_BUFFERED {
-		return nil, nil, false
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, bufferLimit+1))
-	if err != nil {
-		return &localReply{status: 502, details: "upstream_body_read_error"}, nil, false
-	}
-	if len(body) > bufferLimit {
-		return &localReply{status: 500, body: []byte("Internal Server Error"), details: "response_payload_too_large"}, nil, false
-	}
-	pr, reply := p.call(ctx, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
-		ResponseBody: &extprocv3.HttpBody{Body: body, EndOfStream: true},
-	}}, phaseResponseBody)
-	if reply != nil {
-		return reply, nil, false
-	}
-	if reply := p.handle(pr, phaseResponseBody, rh, &body); reply != nil {
-		return reply, nil, false
-	}
-	return nil, body, true
+	return passThrough(b.src, length, b.trailers), nil
+}
+
+// headerModeSends: DEFAULT means SEND for headers (ProcessingMode docs).
+func headerModeSends(m filterv3.ProcessingMode_HeaderSendMode) bool {
+	return m != filterv3.ProcessingMode_SKIP
 }
 
 func (g *gateway) matchRoute(path string) *route {
@@ -214,27 +268,74 @@ func (g *gateway) matchRoute(path string) *route {
 }
 
 // forward sends the request to the picked host with the (mutated)
-// headers; the route timeout bounds the whole upstream exchange.
-func (g *gateway) forward(ctx context.Context, r *http.Request, h headerMap, addr string, rt *route) (*http.Response, error) {
+// headers; the route timeout bounds the whole upstream exchange. Go's
+// transport retries an idempotent request on a reused connection that
+// failed; Envoy without a retry policy does not, so a second connection
+// for one request fails it as Envoy would.
+func (g *gateway) forward(ctx context.Context, r *http.Request, h headerMap, addr string, rt *route, ub *flowBody) (*http.Response, error) {
 	path, _ := h.get(":path")
 	method, _ := h.get(":method")
 	host, _ := h.get(":authority")
 	ctx, cancel := context.WithTimeout(ctx, rt.timeout)
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, r.Body)
+	conns := 0
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
+		if conns++; conns > 1 {
+			cancel()
+		}
+	}})
+	var rb io.Reader = ub.r
+	if ub.length == 0 {
+		rb = nil
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rb)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	req.Header = h.httpHeader()
 	req.Host = host
-	req.ContentLength = r.ContentLength
+	req.ContentLength = ub.length
+	if len(r.Trailer) > 0 && rb != nil { // declared by the client; values come at the body's end
+		req.Trailer = http.Header{}
+		for k := range r.Trailer {
+			req.Trailer[k] = nil
+		}
+		req.ContentLength = -1
+		req.Body = trailerFiller{req.Body, req.Trailer, ub}
+	}
 	resp, err := g.transport.RoundTrip(req)
 	if err != nil {
 		cancel()
+		if conns > 1 {
+			return nil, errUpstreamReset
+		}
 		return nil, err
 	}
 	resp.Body = cancelOnClose{resp.Body, cancel}
 	return resp, nil
+}
+
+var errUpstreamReset = errors.New("upstream connection reset before the response")
+
+// trailerFiller copies the filter's trailers into the upstream request's
+// once the body is through, as Go's transport reads them at EOF.
+type trailerFiller struct {
+	io.ReadCloser
+	dst http.Header
+	fb  *flowBody
+}
+
+func (t trailerFiller) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		for k := range t.dst {
+			delete(t.dst, k)
+		}
+		for k, vs := range t.fb.trailers() {
+			t.dst[http.CanonicalHeaderKey(k)] = vs
+		}
+	}
+	return n, err
 }
 
 type cancelOnClose struct {
@@ -250,23 +351,32 @@ func upstreamFailure(err error) *localReply {
 	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return &localReply{status: 504, body: []byte("upstream request timeout"), details: "upstream_response_timeout"}
 	}
+	if errors.Is(err, errUpstreamReset) {
+		return &localReply{status: 503, body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination"), details: "upstream_reset_before_response_started{connection_termination}"}
+	}
 	return &localReply{status: 503, body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), details: "upstream_reset_before_response_started{connection_failure}"}
 }
 
-// writeLocal sends a local reply: text/plain when there is a body, then
-// the processor's header mutations.
+// writeLocal sends a local reply (Utility::sendLocalReply): the
+// processor's header mutations go through the filter's own mutation rules
+// (a refusal is only logged), then a body gets content-length and, unless
+// set, text/plain; an empty body has neither content-type nor length.
 func (g *gateway) writeLocal(w http.ResponseWriter, lr *localReply) {
 	h := headerMap{{":status", strconv.Itoa(lr.status)}}
-	if len(lr.body) > 0 {
-		h.set("content-type", "text/plain")
-	}
 	if lr.mutation != nil {
-		if err := g.applyHeaderMutations(lr.mutation, &h, permissive()); err != nil {
+		if err := g.applyHeaderMutations(lr.mutation, &h); err != nil {
 			g.log.Error("immediate response mutations failed", "err", err)
 		}
 	}
 	for _, o := range lr.authzHeaders {
 		applyAuthzHeader(&h, o)
+	}
+	if len(lr.body) > 0 {
+		if _, ok := h.get("content-type"); !ok {
+			h.set("content-type", "text/plain")
+		}
+	} else {
+		h.remove("content-type")
 	}
 	for k, vs := range h.httpHeader() {
 		w.Header()[http.CanonicalHeaderKey(k)] = vs

@@ -1,0 +1,150 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coord-extproc/coord-extproc/envoy"
+)
+
+// A request whose pod works longer than the gRPC connection's lifetime
+// (--max-connection-age + grace) or than the server's --shutdown-grace
+// after SIGTERM still completes: coord-extproc ended its ext_proc stream
+// with OK after the routing answer, so nothing cuts it. The stand-in plays
+// both Envoy behaviours: 1.34–1.36 keep the stream to the request's end
+// and fail the request (500) if it breaks; 1.37+ close it themselves.
+// Against a server that keeps the stream open the 1.34 case fails.
+func TestLongRequestOutlivesStreamRotation(t *testing.T) {
+	t.Parallel()
+	for _, version := range []string{"1.34", envoy.Version} {
+		t.Run("envoy "+version, func(t *testing.T) {
+			t.Parallel()
+			s := newStack(t, stackOptions{
+				gatewayArgs: []string{"--envoy-version", version},
+				coordArgs:   []string{"--max-connection-age", "300ms", "--shutdown-grace", "300ms"},
+			})
+			if a := s.do(0, "PUT", "/sessions/long/keys/k", "v"); a.status != 200 {
+				t.Fatalf("claim: %d %s %v", a.status, a.raw, a.err)
+			}
+			// The connection is rotated (age 300 ms + grace 300 ms, closed
+			// well within 3 s: measured) while the pod works.
+			if a := s.do(0, "GET", "/sessions/long/keys/k?delay=3s", ""); a.status != 200 || a.servedBy == "" {
+				t.Fatalf("long request across a connection rotation: %d %q %v (served by %q)", a.status, a.raw, a.err, a.servedBy)
+			}
+			// coord-extproc is told to stop while the pod works.
+			done := make(chan answer, 1)
+			go func() { done <- s.do(0, "GET", "/sessions/long/keys/k?delay=1500ms", "") }()
+			time.Sleep(300 * time.Millisecond)
+			s.coords[0].proc.signal(syscall.SIGTERM)
+			if a := <-done; a.status != 200 || a.servedBy == "" {
+				t.Fatalf("long request across coord-extproc's shutdown: %d %q %v", a.status, a.raw, a.err)
+			}
+			s.coords[0].proc.exited(t, 5*time.Second)
+		})
+	}
+}
+
+// bodyModeEdit sets both body modes (and sends the trailers, which full
+// duplex needs) in the shipped bootstrap.
+func bodyModeEdit(mode string) []string {
+	return []string{
+		"request_body_mode: NONE", "request_body_mode: " + mode,
+		"response_body_mode: NONE", "response_body_mode: " + mode,
+		"request_trailer_mode: SKIP", "request_trailer_mode: SEND",
+		"response_trailer_mode: SKIP", "response_trailer_mode: SEND",
+	}
+}
+
+// Envoy configured to send bodies anyway: in STREAMED, BUFFERED_PARTIAL
+// and FULL_DUPLEX_STREAMED, requests and responses of several chunks,
+// with and without trailers, reach the pod and come back byte for byte;
+// creates are bound before their response is released, deletes unbind.
+func TestBodyModesKeepEveryByte(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"STREAMED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			s := newStack(t, stackOptions{edit: bodyModeEdit(mode)})
+			for _, trailers := range []bool{false, true} {
+				t.Run(fmt.Sprintf("trailers=%v", trailers), func(t *testing.T) {
+					chunks := [][]byte{[]byte("first chunk;"), bytes.Repeat([]byte{0, 1, 0xfe, 0xff}, 5000), []byte("last")}
+					got, gotTrailers, status := postChunks(t, s.gws[0]+"/sessions/bodies/echo", chunks, trailers)
+					if status != 200 {
+						t.Fatalf("status %d: %q", status, got)
+					}
+					if want := bytes.Join(chunks, nil); !bytes.Equal(got, want) {
+						t.Fatalf("echoed %d bytes, want %d unchanged", len(got), len(want))
+					}
+					if trailers && gotTrailers.Get("X-Checksum") != "abc" {
+						t.Fatalf("trailers %v, want X-Checksum: abc", gotTrailers)
+					}
+				})
+			}
+			t.Run("create and delete", func(t *testing.T) {
+				a := s.do(0, "POST", "/tenants", `{"tenantId":"body-`+strings.ToLower(mode)+`"}`)
+				if a.status != 201 {
+					t.Fatalf("create: %d %s", a.status, a.raw)
+				}
+				id := a.str("tenantId")
+				if got := s.smembers("coordinator:destination:" + id); len(got) != 1 || got[0] != a.str("memberId") {
+					t.Fatalf("%s bound to %v when the client had the answer, want [%s]", id, got, a.str("memberId"))
+				}
+				if d := s.do(0, "DELETE", "/tenants/"+id, ""); d.status != 204 {
+					t.Fatalf("delete: %d %s", d.status, d.raw)
+				}
+				if got := s.smembers("coordinator:destination:" + id); len(got) != 0 {
+					t.Fatalf("still bound to %v after the delete", got)
+				}
+			})
+		})
+	}
+}
+
+// postChunks sends body as paced chunks (so each is read on its own),
+// optionally with a trailer, and returns the echoed body and trailers.
+func postChunks(t *testing.T, url string, chunks [][]byte, trailers bool) ([]byte, http.Header, int) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("POST", url, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trailers {
+		req.Trailer = http.Header{"X-Checksum": nil}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, c := range chunks {
+			if _, err := pw.Write(c); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if trailers {
+			req.Trailer.Set("X-Checksum", "abc")
+		}
+		pw.Close()
+	}()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		pw.CloseWithError(err)
+		wg.Wait()
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("reading the echo: %v", err)
+	}
+	return b, resp.Trailer, resp.StatusCode
+}
