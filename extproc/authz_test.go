@@ -71,6 +71,11 @@ func TestAuthzParity(t *testing.T) {
 				if got[DefaultEndpointHeader] != tt.routed || got[MemberHeader] != "live" {
 					t.Fatalf("headers %v", got)
 				}
+				// Envoy files the whole struct under the ext_authz filter's
+				// name: it holds the key itself, not a namespace.
+				if md := resp.GetDynamicMetadata().GetFields(); len(md) != 1 || md[DefaultEndpointHeader].GetStringValue() != tt.routed {
+					t.Fatalf("dynamic metadata %v, want {%s: %s}", md, DefaultEndpointHeader, tt.routed)
+				}
 				return
 			}
 			d := resp.GetDeniedResponse()
