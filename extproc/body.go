@@ -9,11 +9,11 @@ import (
 )
 
 // direction is what Envoy told us about one direction of the request:
-// its body mode (ProcessingRequest.protocol_config) and whether more of
-// it is coming.
+// its body mode (ProcessingRequest.protocol_config) and whether its end
+// has come.
 type direction struct {
-	mode filterv3.ProcessingMode_BodySendMode
-	open bool // headers came without end of stream; no end seen since
+	mode  filterv3.ProcessingMode_BodySendMode
+	ended bool // end_of_stream on its headers or body, or its trailers, arrived
 }
 
 // duplex: Envoy drained every chunk it sent and forwards only what comes
@@ -22,12 +22,15 @@ type direction struct {
 // a spurious message (processor_state.cc, handleStreamedBodyCallback).
 func (d *direction) duplex() bool { return d.mode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED }
 
-// flowing: chunks only we hold may still be on their way.
-func (d *direction) flowing() bool { return d.duplex() && d.open }
+// flowing: chunks only we hold may still be on their way. A full-duplex
+// response counts as flowing before its headers arrive: Envoy may send
+// its first chunk (or, with response headers SKIP, only chunks) at any
+// moment, and a chunk sent into a stream we just ended is lost.
+func (d *direction) flowing() bool { return d.duplex() && !d.ended }
 
-func (d *direction) chunk(endOfStream bool) {
+func (d *direction) saw(endOfStream bool) {
 	if endOfStream {
-		d.open = false
+		d.ended = true
 	}
 }
 

@@ -32,12 +32,12 @@ type exchange struct {
 }
 
 // over reports whether the stream may end now (SPEC §5.1 "Stream
-// lifetime"): the final answer is out and Envoy has no message of ours
-// outstanding whose bytes only we hold. Envoy keeps the answers it has
-// and, on a clean close, continues without the processor — re-injecting
-// any STREAMED chunks still queued (ProcessorState::clearAsyncState) —
-// so only a full-duplex direction that is still flowing must be drained
-// first: Envoy dropped its own copy of those chunks.
+// lifetime"): the final answer is out and no chunk whose bytes only we
+// hold can still be on its way. Envoy keeps the answers it has and, on a
+// clean close, continues without the processor — re-injecting any
+// STREAMED chunks still queued (ProcessorState::clearAsyncState) — so
+// only a full-duplex direction must be drained to its end first: Envoy
+// drops its own copy of each chunk it sends there.
 func (x *exchange) over() bool {
 	if x.replied {
 		return true
@@ -60,22 +60,22 @@ func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest)
 			return true
 		}
 		x.seen = true
-		x.req.open = !r.RequestHeaders.GetEndOfStream()
+		x.req.saw(r.RequestHeaders.GetEndOfStream())
 		x.emit(x.onRequestHeaders(ctx, r.RequestHeaders))
 	case *extprocv3.ProcessingRequest_RequestBody:
-		x.req.chunk(r.RequestBody.GetEndOfStream())
+		x.req.saw(r.RequestBody.GetEndOfStream())
 		x.emit(x.req.bodyAnswer(r.RequestBody, requestBody))
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		x.req.open = false
+		x.req.ended = true
 		x.emit(continueRequestTrailers())
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		x.resp.open = !r.ResponseHeaders.GetEndOfStream()
+		x.resp.saw(r.ResponseHeaders.GetEndOfStream())
 		x.onResponseHeaders(ctx, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		x.resp.chunk(r.ResponseBody.GetEndOfStream())
+		x.resp.saw(r.ResponseBody.GetEndOfStream())
 		x.onResponseBody(ctx, r.ResponseBody)
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		x.resp.open = false
+		x.resp.ended = true
 		if x.held.active {
 			x.release(ctx)
 		}

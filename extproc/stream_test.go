@@ -81,6 +81,13 @@ func TestFullDuplexEchoesEveryChunk(t *testing.T) {
 				if want := []byte(fmt.Sprint(chunks[0], chunks[1], chunks[2], chunks[3])); !bytes.Equal(got, want) {
 					t.Fatalf("echoed %d bytes, want %d unchanged", len(got), len(want))
 				}
+				// The response is full duplex too: its chunks may come at
+				// any moment, so the stream waits for the response's end.
+				rh := respHeaders(200)
+				rh.GetResponseHeaders().EndOfStream = true
+				if resp := s.send(rh); resp.GetResponseHeaders() == nil {
+					t.Fatalf("response headers answered with %v", resp)
+				}
 				s.expectEnd()
 			})
 		}

@@ -52,14 +52,21 @@ func TestLongRequestOutlivesStreamRotation(t *testing.T) {
 }
 
 // bodyModeEdit sets both body modes (and sends the trailers, which full
-// duplex needs) in the shipped bootstrap.
+// duplex needs) in the shipped bootstrap. Full duplex ignores
+// mode_override, so it also sends the response headers, as Istio's
+// InferencePool configuration does; the other modes keep them SKIP and
+// create/delete ask for them.
 func bodyModeEdit(mode string) []string {
-	return []string{
+	edit := []string{
 		"request_body_mode: NONE", "request_body_mode: " + mode,
 		"response_body_mode: NONE", "response_body_mode: " + mode,
 		"request_trailer_mode: SKIP", "request_trailer_mode: SEND",
 		"response_trailer_mode: SKIP", "response_trailer_mode: SEND",
 	}
+	if mode == "FULL_DUPLEX_STREAMED" {
+		edit = append(edit, "response_header_mode: SKIP", "response_header_mode: SEND")
+	}
+	return edit
 }
 
 // Envoy configured to send bodies anyway: in STREAMED, BUFFERED_PARTIAL
@@ -88,9 +95,14 @@ func TestBodyModesKeepEveryByte(t *testing.T) {
 				})
 			}
 			t.Run("create and delete", func(t *testing.T) {
+				spawned, deregistered := s.decisions("create", "spawned"), s.decisions("delete", "deregistered")
 				a := s.do(0, "POST", "/tenants", `{"tenantId":"body-`+strings.ToLower(mode)+`"}`)
 				if a.status != 201 {
 					t.Fatalf("create: %d %s", a.status, a.raw)
+				}
+				// The pod binds itself too: the counter shows coord-extproc did.
+				if n := s.decisions("create", "spawned"); n != spawned+1 {
+					t.Fatalf("coord-extproc bound %v creates, want 1", n-spawned)
 				}
 				id := a.str("tenantId")
 				if got := s.smembers("coordinator:destination:" + id); len(got) != 1 || got[0] != a.str("memberId") {
@@ -101,6 +113,9 @@ func TestBodyModesKeepEveryByte(t *testing.T) {
 				}
 				if got := s.smembers("coordinator:destination:" + id); len(got) != 0 {
 					t.Fatalf("still bound to %v after the delete", got)
+				}
+				if n := s.decisions("delete", "deregistered"); n != deregistered+1 {
+					t.Fatalf("coord-extproc unbound %v deletes, want 1", n-deregistered)
 				}
 			})
 		})

@@ -328,3 +328,24 @@ func (s *stack) smembers(key string) []string {
 	}
 	return v
 }
+
+// decisions reads coord_extproc_decisions_total{api="ext_proc"} for an
+// action and result from the first replica's /metrics.
+func (s *stack) decisions(action, result string) float64 {
+	s.t.Helper()
+	resp, err := s.client.Get("http://" + s.coords[0].metrics + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	want := fmt.Sprintf(`coord_extproc_decisions_total{action=%q,api="ext_proc",result=%q} `, action, result)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, want); ok {
+			var n float64
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	return 0
+}
