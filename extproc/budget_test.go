@@ -80,10 +80,12 @@ func TestDecisionTimeBudget(t *testing.T) {
 			start := time.Now()
 			err = s.handle(context.Background(), x, req)
 			took := time.Since(start)
-			if err != nil || len(x.out) != 1 {
-				t.Fatalf("err %v, %d answers", err, len(x.out))
+			var out []*extprocv3.ProcessingResponse
+			_ = x.answers(func(r *extprocv3.ProcessingResponse) error { out = append(out, r); return nil })
+			if err != nil || len(out) != 1 {
+				t.Fatalf("err %v, %d answers", err, len(out))
 			}
-			resp := x.out[0]
+			resp := out[0]
 			got := int32(resp.GetImmediateResponse().GetStatus().GetCode())
 			if got != tc.status || took < tc.minTook || took > tc.maxTk {
 				t.Fatalf("answered %d after %s, want %d within [%s, %s]: %v", got, took, tc.status, tc.minTook, tc.maxTk, resp)

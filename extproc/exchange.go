@@ -28,7 +28,10 @@ type exchange struct {
 	req      direction
 	resp     direction
 	held     held
-	out      []*extprocv3.ProcessingResponse // answers to the message at hand, in order
+	// The answers to the message at hand, in order: first, then more
+	// (only a released full-duplex create has more than one).
+	first *extprocv3.ProcessingResponse
+	more  []*extprocv3.ProcessingResponse
 }
 
 // over reports whether the stream may end now (SPEC §5.1 "Stream
@@ -46,7 +49,31 @@ func (x *exchange) over() bool {
 }
 
 // emit queues one answer.
-func (x *exchange) emit(r *extprocv3.ProcessingResponse) { x.out = append(x.out, r) }
+func (x *exchange) emit(r *extprocv3.ProcessingResponse) {
+	if x.first == nil {
+		x.first = r
+		return
+	}
+	x.more = append(x.more, r)
+}
+
+// answers calls send with each queued answer in order and clears them.
+func (x *exchange) answers(send func(*extprocv3.ProcessingResponse) error) error {
+	first, more := x.first, x.more
+	x.first, x.more = nil, x.more[:0]
+	if first == nil {
+		return nil
+	}
+	if err := send(first); err != nil {
+		return err
+	}
+	for _, r := range more {
+		if err := send(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // handle answers one message; false for a message it does not know.
 func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest) bool {

@@ -91,11 +91,12 @@ func FuzzExchange(f *testing.F) {
 				m := filterv3.ProcessingMode_BodySendMode(k >> 3 & 7 % 5)
 				req.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: m, ResponseBodyMode: m}
 			}
-			x.out = x.out[:0]
 			if err := s.handle(context.Background(), x, req); err != nil {
 				continue
 			}
-			for _, resp := range x.out {
+			var out []*extprocv3.ProcessingResponse
+			_ = x.answers(func(r *extprocv3.ProcessingResponse) error { out = append(out, r); return nil })
+			for _, resp := range out {
 				for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
 					if h.GetHeader().GetKey() == DefaultEndpointHeader && string(h.GetHeader().GetRawValue()) != member.Address {
 						t.Fatalf("endpoint header set to %q", h.GetHeader().GetRawValue())

@@ -102,17 +102,14 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			}
 			return err
 		}
-		x.out = x.out[:0]
 		if err := s.handle(ctx, x, req); err != nil {
 			return err
 		}
-		for _, resp := range x.out {
-			if err := stream.Send(resp); err != nil {
-				if status.Code(err) == codes.Canceled || ctx.Err() != nil {
-					return nil
-				}
-				return err
+		if err := x.answers(stream.Send); err != nil {
+			if status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil
 			}
+			return err
 		}
 		if x.over() {
 			return nil
