@@ -86,27 +86,8 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 	switch f := r.Filter.(type) {
 	case *extprocv3.ExternalProcessor:
 		grpcCluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
-		if f.GetFailureModeAllow() || !f.GetAllowModeOverride() || f.GetMessageTimeout() == nil {
-			fail("ext_proc: want failure_mode_allow false, allow_mode_override true and a message_timeout")
-		}
-		if f.GetGrpcService().GetTimeout() != nil {
-			fail("ext_proc: grpc_service.timeout has no effect on ext_proc streams; message_timeout bounds each answer")
-		}
-		if pm := f.GetProcessingMode(); pm.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP {
-			fail("ext_proc: request headers are not sent")
-		}
-		if !slices.Contains(f.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), r.Namespace) {
-			fail("ext_proc: metadata_options.receiving_namespaces lacks %q, where the server writes the endpoint", r.Namespace)
-		}
-		ck, err := NewMutationChecker(f.GetMutationRules())
-		if err != nil {
-			fail("ext_proc mutation_rules: %v", err)
-		} else {
-			for _, h := range []string{w.EndpointHeader, extproc.MemberHeader} {
-				if ck.Check(OpSet, h) != CheckOK || ck.Check(OpRemove, h) != CheckOK {
-					fail("ext_proc: mutation_rules stop the server setting or removing %s", h)
-				}
-			}
+		if err := CheckExtProc(f, w); err != nil {
+			errs = append(errs, err)
 		}
 	case *authzv3.ExtAuthz:
 		grpcCluster = f.GetGrpcService().GetEnvoyGrpc().GetClusterName()
@@ -131,17 +112,61 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 				fail("route %v goes to %q, not to an ORIGINAL_DST cluster", rt.GetMatch(), name)
 				continue
 			}
-			lb := c.GetOriginalDstLbConfig()
-			if lb.GetUseHttpHeader() {
-				fail("cluster %s: use_http_header lets a request that bypassed %s choose its upstream; read metadata_key only", name, r.API)
-			}
-			mk := lb.GetMetadataKey()
-			if mk.GetKey() != r.Namespace || len(mk.GetPath()) != 1 || mk.GetPath()[0].GetKey() != w.EndpointHeader {
-				fail("cluster %s: metadata_key %v, want key %q path [%q] (where %s writes it)", name, mk, r.Namespace, w.EndpointHeader, r.API)
+			if err := CheckOriginalDst(c, r.Namespace, w); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", r.API, err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CheckExtProc checks an ext_proc filter's settings against w: failure
+// mode closed, mode override allowed, a message_timeout and no
+// grpc_service.timeout, request headers sent, the metadata namespace
+// received, and mutation rules that let the server's headers through.
+func CheckExtProc(f *extprocv3.ExternalProcessor, w Wiring) error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if f.GetFailureModeAllow() || !f.GetAllowModeOverride() || f.GetMessageTimeout() == nil {
+		fail("ext_proc: want failure_mode_allow false, allow_mode_override true and a message_timeout")
+	}
+	if f.GetGrpcService().GetTimeout() != nil {
+		fail("ext_proc: grpc_service.timeout has no effect on ext_proc streams; message_timeout bounds each answer")
+	}
+	if pm := f.GetProcessingMode(); pm.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP {
+		fail("ext_proc: request headers are not sent")
+	}
+	if !slices.Contains(f.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), extproc.MetadataNamespace) {
+		fail("ext_proc: metadata_options.receiving_namespaces lacks %q, where the server writes the endpoint", extproc.MetadataNamespace)
+	}
+	ck, err := NewMutationChecker(f.GetMutationRules())
+	if err != nil {
+		fail("ext_proc mutation_rules: %v", err)
+	} else {
+		for _, h := range []string{w.EndpointHeader, extproc.MemberHeader} {
+			if ck.Check(OpSet, h) != CheckOK || ck.Check(OpRemove, h) != CheckOK {
+				fail("ext_proc: mutation_rules stop the server setting or removing %s", h)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckOriginalDst checks that c is an ORIGINAL_DST cluster reading the
+// endpoint only from metadata namespace ns under w's key.
+func CheckOriginalDst(c *clusterv3.Cluster, ns string, w Wiring) error {
+	if c.GetType() != clusterv3.Cluster_ORIGINAL_DST || c.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED {
+		return fmt.Errorf("cluster %q is not an ORIGINAL_DST cluster with lb_policy CLUSTER_PROVIDED", c.GetName())
+	}
+	lb := c.GetOriginalDstLbConfig()
+	if lb.GetUseHttpHeader() {
+		return fmt.Errorf("cluster %s: use_http_header lets a request that bypassed the processor choose its upstream; read metadata_key only", c.GetName())
+	}
+	mk := lb.GetMetadataKey()
+	if mk.GetKey() != ns || len(mk.GetPath()) != 1 || mk.GetPath()[0].GetKey() != w.EndpointHeader {
+		return fmt.Errorf("cluster %s: metadata_key %v, want key %q path [%q] (where the server's answer lands)", c.GetName(), mk, ns, w.EndpointHeader)
+	}
+	return nil
 }
 
 func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any)) {

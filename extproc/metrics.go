@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/coord-extproc/coord-extproc/registry"
+	"github.com/coord-extproc/coord-extproc/route"
 )
 
 // Metrics are the Prometheus series both servers record.
@@ -50,6 +51,10 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.decisions, m.latency, m.authzLifecycle, m.panics, m.streams)
+	// Zero series exist from the start, so rate() and alerts see them.
+	for _, action := range []route.Action{route.ActionCreate, route.ActionDelete} {
+		m.authzLifecycle.WithLabelValues(string(action))
+	}
 	if stats != nil {
 		for name, c := range map[string]func() uint64{
 			"coord_extproc_cache_hits_total":        stats.CacheHits.Load,
@@ -61,6 +66,10 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
 				func() float64 { return float64(c()) }))
 		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "coord_extproc_recovery_held_members",
+			Help: "Members the recovery hold held at this replica's last look (0 outside a recovery): negative answers for them wait.",
+		}, func() float64 { return float64(stats.HeldMembers.Load()) }))
 	}
 	return m
 }

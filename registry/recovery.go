@@ -260,6 +260,7 @@ func (h *recovery) hold(ctx context.Context) error {
 			ids = append(ids, id)
 		}
 	}
+	h.r.stats.HeldMembers.Store(int64(len(ids)))
 	if len(ids) == 0 {
 		return nil
 	}
@@ -298,7 +299,11 @@ func (h *recovery) release(st *holdState, ids []string) {
 	for _, id := range ids {
 		delete(next.held, id)
 	}
-	if !h.state.CompareAndSwap(st, next) || !h.releasing.CompareAndSwap(false, true) {
+	if !h.state.CompareAndSwap(st, next) {
+		return
+	}
+	h.r.stats.HeldMembers.Add(-int64(len(ids)))
+	if !h.releasing.CompareAndSwap(false, true) {
 		return
 	}
 	h.r.log.Info("members back after a registry wipe: released from the recovery hold", "members", ids, "still_held", len(next.held))

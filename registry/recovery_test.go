@@ -151,6 +151,9 @@ func TestHoldForMembersThatNeverReturn(t *testing.T) {
 	if err != nil || len(hs.Held) != 2 {
 		t.Fatalf("hold = %+v %v, want node-a and node-b held", hs, err)
 	}
+	if n := r.Stats().HeldMembers.Load(); n != 2 {
+		t.Errorf("HeldMembers = %d during the hold, want 2", n)
+	}
 
 	for {
 		_, err := route(t, r, "da", RouteOptions{})
@@ -166,6 +169,9 @@ func TestHoldForMembersThatNeverReturn(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	ended := time.Since(wiped)
+	if n := r.Stats().HeldMembers.Load(); n != 0 {
+		t.Errorf("HeldMembers = %d after the hold, want 0", n)
+	}
 	if ended < holdMax-200*time.Millisecond {
 		t.Fatalf("hold ended after %s, before its bound %s, with members still away", ended, holdMax)
 	}

@@ -166,6 +166,9 @@ type Registry struct {
 // Stats are cumulative counters for metrics.
 type Stats struct {
 	CacheHits, CacheMisses, ValkeyErrors, StaleAnswers, MalformedRecords atomic.Uint64
+	// HeldMembers is how many members the recovery hold held at this
+	// replica's last look at it (0 outside a recovery).
+	HeldMembers atomic.Int64
 }
 
 // New connects to Valkey and returns a Registry. It enables broadcast

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need and the machine lacks: valkey-server and
-# valkey-sentinel (Valkey 8; Sentinel and Cluster tests need both), or, failing
-# that, redis-server/redis-sentinel 7. On Debian 12 as root they come from
+# Installs what the tests need and the machine lacks: promtool (Debian package
+# prometheus, to check the alert rules) and valkey-server and valkey-sentinel
+# (Valkey 8; Sentinel and Cluster tests need both), or, failing that,
+# redis-server/redis-sentinel 7. On Debian 12 as root they come from
 # bookworm-backports, added by reusing the Debian mirror that the machine's own
 # apt sources already name (deb822 .sources or one-line .list files): this
 # script never names a mirror host. Elsewhere it says what to install and stops.
@@ -11,7 +12,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 complete() {
   { have valkey-server && have valkey-sentinel; } || { have redis-server && have redis-sentinel; }
 }
-complete && exit 0
+complete && have promtool && exit 0
 
 codename=""
 [ -r /etc/os-release ] && codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
@@ -20,8 +21,17 @@ if [ "$(id -u)" != 0 ] || ! have apt-get; then
   echo "      redis-sentinel) so that they are on PATH; on Debian 12 as root, enable the" >&2
   echo "      bookworm-backports suite of your mirror and run:" >&2
   echo "      apt-get install -t bookworm-backports valkey-server valkey-sentinel" >&2
+  echo "      and promtool (Debian: apt-get install prometheus)" >&2
   exit 1
 fi
+
+export DEBIAN_FRONTEND=noninteractive
+if ! have promtool; then
+  echo "deps: installing promtool (package prometheus)"
+  # The package's service is not wanted, only its promtool binary.
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+complete && exit 0
 
 # debian_mirror prints the URIs that apt already uses for the main Debian
 # archive (not -security) of bookworm, from deb822 files, then one-line lists.
@@ -43,7 +53,6 @@ debian_mirror() {
   done
 }
 
-export DEBIAN_FRONTEND=noninteractive
 if [ "$codename" = bookworm ]; then
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     mirror=$(debian_mirror | sed -n 1p)

@@ -188,6 +188,7 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
 	}
+	checkObservability(t, metrics)
 
 	// An in-flight stream: open, nothing sent yet.
 	inflight, err := proc.Process(context.Background())
