@@ -19,6 +19,8 @@ import (
 
 type compose struct {
 	Services map[string]struct {
+		Build       any               `yaml:"build"`
+		PullPolicy  string            `yaml:"pull_policy"`
 		Image       string            `yaml:"image"`
 		Command     []string          `yaml:"command"`
 		Entrypoint  []string          `yaml:"entrypoint"`
@@ -73,6 +75,38 @@ func TestComposeAgreesWithEnvoyAndRoutes(t *testing.T) {
 	}
 	coord, envoySvc := c.Services["coord-extproc"], c.Services["envoy"]
 
+	// Published on loopback only; Envoy is healthy before traffic starts;
+	// one build of the pod image; coord-extproc built with its version.
+	for name, svc := range c.Services {
+		for _, p := range svc.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("%s publishes %q beyond loopback", name, p)
+			}
+		}
+	}
+	if envoySvc.Healthcheck == nil || !strings.Contains(strings.Join(envoySvc.Healthcheck.Test, " "), "/ready") {
+		t.Errorf("envoy has no readiness health check: %v", envoySvc.Healthcheck)
+	}
+	if c.Services["loadgen"].DependsOn["envoy"].Condition != "service_healthy" {
+		t.Errorf("loadgen starts before Envoy is healthy: %v", c.Services["loadgen"].DependsOn)
+	}
+	builds := 0
+	for name, svc := range c.Services {
+		if svc.Image == "coord-demopod:local" {
+			if svc.Build != nil {
+				builds++
+			} else if svc.PullPolicy != "never" {
+				t.Errorf("%s would try to pull the local demo pod image", name)
+			}
+		}
+	}
+	if builds != 1 {
+		t.Errorf("the demo pod image is built by %d services, want 1", builds)
+	}
+	if !strings.Contains(string(raw), `VERSION: "${VERSION:-dev}"`) {
+		t.Error("coord-extproc is built without the VERSION build argument")
+	}
+
 	// One exact Envoy release, the one the configs are checked for.
 	if envoySvc.Image != "envoyproxy/envoy:v"+Version {
 		t.Fatalf("envoy image %q, want envoyproxy/envoy:v%s", envoySvc.Image, Version)
@@ -83,7 +117,7 @@ func TestComposeAgreesWithEnvoyAndRoutes(t *testing.T) {
 		t.Fatalf("envoy service does not run envoy/envoy-compose.yaml: %v %v", envoySvc.Volumes, envoySvc.Command)
 	}
 	listener := b.GetStaticResources().GetListeners()[0].GetAddress().GetSocketAddress()
-	if lp := listener.GetPortValue(); !slices.Contains(envoySvc.Ports, itoa(lp)+":"+itoa(lp)) {
+	if lp := listener.GetPortValue(); !slices.Contains(envoySvc.Ports, "127.0.0.1:"+itoa(lp)+":"+itoa(lp)) {
 		t.Fatalf("listener port %d not published: %v", lp, envoySvc.Ports)
 	}
 	if listener.GetAddress() != "0.0.0.0" {
