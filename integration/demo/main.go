@@ -53,14 +53,17 @@ func run(ctx context.Context, args []string, stdin *os.File, out io.Writer) erro
 		o.interactive = true
 	}
 	s, err := up(ctx, o, out)
-	if s != nil {
-		defer s.down()
-	}
 	if err != nil {
+		if s != nil {
+			s.down(true) // the logs say why
+		}
 		return err
 	}
+	keepLogs := false
+	defer func() { s.down(keepLogs) }()
 	d := &story{s: s, out: out, in: bufio.NewReader(stdin), interactive: o.interactive}
 	if err := d.tell(ctx); err != nil {
+		keepLogs = true
 		return err
 	}
 	if o.keep {

@@ -62,7 +62,7 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 		"--valkey", s.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--routes", o.routes, "--recovery-hold-max", "3s", "--log-format", "text"); err != nil {
 		return s, err
 	}
-	if err := waitFor(ctx, 10*time.Second, func() bool { return status("http://"+metrics+"/healthz") == 200 }); err != nil {
+	if err := s.waitUp(ctx, 10*time.Second, func() bool { return status("http://"+metrics+"/healthz") == 200 }); err != nil {
 		return s, fmt.Errorf("coord-extproc did not become healthy: %w", err)
 	}
 	for _, id := range []string{"pod-a", "pod-b", "pod-c"} {
@@ -81,7 +81,7 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 	} else {
 		_, err = s.start("gateway", listen, filepath.Join(o.bins, "gateway"), "--config", o.envoyConfig, "--listen", listen, "--coord-extproc", grpcAddr)
 		if err == nil {
-			err = waitFor(ctx, 10*time.Second, func() bool { return dial(listen) })
+			err = s.waitUp(ctx, 10*time.Second, func() bool { return dial(listen) })
 		}
 	}
 	if err != nil {
@@ -100,7 +100,7 @@ func (s *stack) startPod(ctx context.Context, id string) error {
 		return err
 	}
 	s.pods[id] = p
-	return waitFor(ctx, 10*time.Second, func() bool { return status("http://"+addr+"/healthz") == 200 })
+	return s.waitUp(ctx, 10*time.Second, func() bool { return status("http://"+addr+"/healthz") == 200 })
 }
 
 func (s *stack) startEnvoy(ctx context.Context, bin, config, listen, coord string) error {
@@ -119,7 +119,35 @@ func (s *stack) startEnvoy(ctx context.Context, bin, config, listen, coord strin
 	if _, err := s.start("envoy", listen, bin, "-c", cfg, "--log-level", "warn"); err != nil {
 		return err
 	}
-	return waitFor(ctx, 20*time.Second, func() bool { return status("http://"+admin+"/ready") == 200 })
+	return s.waitUp(ctx, 20*time.Second, func() bool { return status("http://"+admin+"/ready") == 200 })
+}
+
+// waitUp waits for cond, but stops at once, with the reason from its
+// log, when the process started last exits first.
+func (s *stack) waitUp(ctx context.Context, within time.Duration, cond func() bool) error {
+	p := s.procs[len(s.procs)-1]
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := waitFor(ctx, within, cond)
+	select {
+	case <-p.done:
+		b, _ := os.ReadFile(filepath.Join(s.work, p.name+".log"))
+		return fmt.Errorf("%s exited during start-up: %s", p.name, lastLines(string(b), 3))
+	default:
+	}
+	return err
+}
+
+func lastLines(text string, n int) string {
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
 
 func (s *stack) start(name, addr, bin string, args ...string) (*proc, error) {
@@ -151,12 +179,17 @@ func (p *proc) stop(sig syscall.Signal) {
 	}
 }
 
-func (s *stack) down() {
+// down stops everything; the logs are removed unless keepLogs.
+func (s *stack) down(keepLogs bool) {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		s.procs[i].stop(syscall.SIGTERM)
 	}
 	if s.valkey != nil {
 		s.valkey.Stop()
+	}
+	if keepLogs {
+		fmt.Fprintf(s.out, "logs kept in %s\n", s.work)
+		return
 	}
 	os.RemoveAll(s.work)
 }
@@ -174,7 +207,14 @@ Try it yourself:
   curl -s         %[1]s/sessions/anything/keys/x            # claimed on first use
   curl -s -X DELETE %[1]s/tenants/mine
   curl -s http://%[2]s/metrics | grep coord_extproc_decisions
-`, g, s.metrics)
+
+Valkey: %[3]s
+Operator commands against it:
+  %[4]s/coord-extproc members     --valkey %[3]s
+  %[4]s/coord-extproc destination tenant-1 --valkey %[3]s
+  %[4]s/coord-extproc lock <lockId> --valkey %[3]s
+  valkey-cli -u %[3]s keys 'coordinator:*'
+`, g, s.metrics, s.valkey.URL(), s.bins)
 }
 
 func freeAddr() string {

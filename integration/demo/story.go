@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
-	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,10 +81,10 @@ func (d *story) tell(ctx context.Context) error {
 	if err := d.step(ctx, 2, "Read and write", "   Every request for a tenant lands on the pod that holds its data."); err != nil {
 		return err
 	}
-	for _, t := range d.tenants[:3] {
+	for _, t := range d.tenants {
 		w := d.call("PUT", "/tenants/"+t+"/keys/greeting", "hello from "+t)
 		r := d.call("GET", "/tenants/"+t+"/keys/greeting", "")
-		fmt.Fprintf(d.out, "   PUT then GET /tenants/%s/keys/greeting -> %q (written on %s, read on %s)\n", t, r.str("value"), w.servedBy, r.servedBy)
+		fmt.Fprintf(d.out, "   PUT then GET /tenants/%s/keys/greeting -> %d %q (written on %s, read on %s)\n", t, r.status, r.str("value"), w.servedBy, r.servedBy)
 	}
 
 	if err := d.step(ctx, 3, "A transaction", "   The pod publishes a lock record; calls carrying the lock id reach the one pod holding it."); err != nil {
@@ -115,18 +116,24 @@ func (d *story) tell(ctx context.Context) error {
 		return err
 	}
 	d.s.pods[victim].stop(syscall.SIGTERM)
-	fmt.Fprintf(d.out, "   %s stopped\n", victim)
+	var lost []string
+	for _, t := range d.tenants {
+		if d.owner[t] == victim {
+			lost = append(lost, t)
+		}
+	}
+	fmt.Fprintf(d.out, "   %s stopped. The demo pods keep their data in memory, so %s move to a survivor\n   that does not have it: their reads answer 404 there (the errors column counts them).\n", victim, strings.Join(lost, ", "))
 	tr.watch(ctx, 4)
 
 	hot := d.tenants[1]
-	if err := d.step(ctx, 6, "Fan-out under load", fmt.Sprintf("   Hold %s above its pod's concurrency cap (3): the pod adds the least-loaded other pod\n   to the tenant's set, and both serve it.", hot)); err != nil {
+	if err := d.step(ctx, 6, "Fan-out under load", fmt.Sprintf("   Hold %s above its pod's concurrency cap (3): the pod adds the least-loaded other pod\n   to the tenant's set, and coord-extproc spreads the tenant's requests over both. The demo\n   pods do not share data, so reads on the added pod answer 404: fan-out suits pods that do.", hot)); err != nil {
 		return err
 	}
 	tr.hot(ctx, hot)
 	tr.watch(ctx, 4)
-	fmt.Fprintf(d.out, "\nStory done: %d requests, %d errors.\n", tr.total(), tr.errs())
-	for _, e := range tr.sample {
-		fmt.Fprintf(d.out, "   error: %s\n", e)
+	fmt.Fprintf(d.out, "\nStory done: %d requests, %d errors (any status but 2xx).\n", tr.total(), tr.errs())
+	for _, st := range slices.Sorted(maps.Keys(tr.byStatus)) {
+		fmt.Fprintf(d.out, "   %s: %d, e.g. %s\n", st, tr.byStatus[st], tr.sample[st])
 	}
 	return nil
 }
@@ -148,19 +155,22 @@ func (d *story) busiestPod() string {
 // traffic sends steady requests to every tenant and tallies, per second,
 // which pods answered for which tenant.
 type traffic struct {
-	d      *story
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	window map[string]map[string]int // tenant -> pod -> answers this second
-	werrs  map[string]int
-	all    int
-	bad    int
-	sample []string
+	d        *story
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	window   map[string]map[string]int // tenant -> pod -> answers since since
+	werrs    map[string]int            // tenant -> answers not 2xx since since
+	since    time.Time
+	all      int
+	bad      int
+	byStatus map[string]int    // "404" or "connection error" -> count
+	sample   map[string]string // one example per status
 }
 
 func newTraffic(d *story) *traffic {
-	return &traffic{d: d, window: map[string]map[string]int{}, werrs: map[string]int{}}
+	return &traffic{d: d, window: map[string]map[string]int{}, werrs: map[string]int{}, since: time.Now(),
+		byStatus: map[string]int{}, sample: map[string]string{}}
 }
 
 func (tr *traffic) start(ctx context.Context) {
@@ -195,42 +205,58 @@ func (tr *traffic) record(t string, r reply) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	tr.all++
-	if r.status == 0 || r.status >= 500 || r.servedBy == "" {
-		tr.bad++
-		tr.werrs[t]++
-		if len(tr.sample) < 3 {
-			tr.sample = append(tr.sample, fmt.Sprintf("%s: %d %s", t, r.status, r.raw))
+	if r.servedBy != "" {
+		if tr.window[t] == nil {
+			tr.window[t] = map[string]int{}
 		}
+		tr.window[t][r.servedBy]++
+	}
+	if r.status >= 200 && r.status <= 299 {
 		return
 	}
-	if tr.window[t] == nil {
-		tr.window[t] = map[string]int{}
+	tr.bad++
+	tr.werrs[t]++
+	st := strconv.Itoa(r.status)
+	if r.status == 0 {
+		st = "connection error"
 	}
-	tr.window[t][r.servedBy]++
+	tr.byStatus[st]++
+	if _, ok := tr.sample[st]; !ok {
+		tr.sample[st] = fmt.Sprintf("%s: %s", t, r.raw)
+	}
 }
 
-// watch prints one table line per tenant every second, n times.
+// take returns what was counted since the last take and starts anew.
+func (tr *traffic) take() (map[string]map[string]int, map[string]int, time.Duration) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	w, e, d := tr.window, tr.werrs, time.Since(tr.since)
+	tr.window, tr.werrs, tr.since = map[string]map[string]int{}, map[string]int{}, time.Now()
+	return w, e, d
+}
+
+// watch prints one table line per tenant every second, n times: answers
+// per second by pod (the split shows a fan-out), and errors per second.
+// What came in while the story paused is dropped, not averaged in.
 func (tr *traffic) watch(ctx context.Context, n int) {
+	tr.take()
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
-		tr.mu.Lock()
-		w, e := tr.window, tr.werrs
-		tr.window, tr.werrs = map[string]map[string]int{}, map[string]int{}
-		tr.mu.Unlock()
-		fmt.Fprintf(tr.d.out, "   %s  %-10s %-16s %6s %6s\n", time.Now().Format("15:04:05"), "tenant", "served by", "req/s", "errors")
+		w, e, elapsed := tr.take()
+		perSec := func(n int) int { return int(float64(n)/elapsed.Seconds() + 0.5) }
+		fmt.Fprintf(tr.d.out, "   %s  %-10s %-26s %6s %7s\n", time.Now().Format("15:04:05"), "tenant", "answered by (req/s)", "req/s", "errors/s")
 		for _, t := range tr.d.tenants {
-			var pods []string
+			var split []string
 			total := 0
-			for p, c := range w[t] {
-				pods = append(pods, p)
-				total += c
+			for _, p := range slices.Sorted(maps.Keys(w[t])) {
+				split = append(split, fmt.Sprintf("%s:%d", p, perSec(w[t][p])))
+				total += w[t][p]
 			}
-			sort.Strings(pods)
-			fmt.Fprintf(tr.d.out, "             %-10s %-16s %6d %6d\n", t, strings.Join(slices.Compact(pods), ","), total, e[t])
+			fmt.Fprintf(tr.d.out, "             %-10s %-26s %6d %7d\n", t, strings.Join(split, " "), perSec(total), perSec(e[t]))
 		}
 	}
 }
