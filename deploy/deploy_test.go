@@ -71,8 +71,10 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 	if err := Check(objs, server(t)); err != nil {
 		t.Fatal(err)
 	}
-	// Every manifest under deploy/ is one of the checked files.
+	// Every manifest under deploy/ is one of the checked files (the alert
+	// rules are promtool's, in make test).
 	found, _ := filepath.Glob("*/*.yaml")
+	found = slices.DeleteFunc(found, func(f string) bool { return f == "observability/alerts.yaml" })
 	slices.Sort(found)
 	want := slices.Clone(files)
 	slices.Sort(want)
