@@ -10,14 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 )
 
 // Mode is the protocol spoken to the target.
@@ -58,6 +55,9 @@ type Config struct {
 	Next func(i uint64) Request
 	// EndpointHeader is the header a routed answer must set.
 	EndpointHeader string
+	// Hold keeps each ext_proc stream open this long after its answer,
+	// as Envoy does while the upstream works (0: close at once).
+	Hold time.Duration
 }
 
 // Result is what a run measured.
@@ -235,6 +235,9 @@ func newExchanger(cfg Config) (exchanger, func(), error) {
 			return ""
 		}, client.CloseIdleConnections, nil
 	}
+	if cfg.Mode == ExtProc {
+		return newEnvoyExchanger(cfg)
+	}
 	conns := make([]*grpc.ClientConn, cfg.Conns)
 	for i := range conns {
 		c, err := grpc.NewClient(cfg.Target, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -264,14 +267,6 @@ func newExchanger(cfg Config) (exchanger, func(), error) {
 		}
 	}
 	switch cfg.Mode {
-	case ExtProc:
-		clients := make([]extprocv3.ExternalProcessorClient, len(conns))
-		for i, c := range conns {
-			clients[i] = extprocv3.NewExternalProcessorClient(c)
-		}
-		return func(ctx context.Context, conn uint64, req Request) string {
-			return extProcExchange(ctx, clients[conn], req, cfg.EndpointHeader)
-		}, closeAll, nil
 	case ExtAuthz:
 		clients := make([]authv3.AuthorizationClient, len(conns))
 		for i, c := range conns {
@@ -283,48 +278,6 @@ func newExchanger(cfg Config) (exchanger, func(), error) {
 	}
 	closeAll()
 	return nil, nil, fmt.Errorf("loadgen: unknown mode %q", cfg.Mode)
-}
-
-// extProcExchange is what Envoy's ext_proc filter does for a
-// headers-only route: open a stream, send the request headers, wait for
-// the answer, half-close, see the stream end.
-func extProcExchange(ctx context.Context, c extprocv3.ExternalProcessorClient, req Request, endpoint string) string {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := c.Process(sctx)
-	if err != nil {
-		return "stream_open_" + status.Code(err).String()
-	}
-	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(req.Headers)+4)}
-	hm.Headers = append(hm.Headers,
-		&corev3.HeaderValue{Key: ":method", RawValue: []byte(req.Method)},
-		&corev3.HeaderValue{Key: ":path", RawValue: []byte(req.Path)},
-		&corev3.HeaderValue{Key: ":scheme", RawValue: []byte("http")})
-	for _, h := range req.Headers {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: h[0], RawValue: []byte(h[1])})
-	}
-	if err := s.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: hm, EndOfStream: true},
-	}}); err != nil {
-		return "send"
-	}
-	resp, err := s.Recv()
-	if err != nil {
-		return "recv"
-	}
-	_ = s.CloseSend()
-	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
-		return "stream_end"
-	}
-	if ir := resp.GetImmediateResponse(); ir != nil {
-		return fmt.Sprintf("immediate_%d", ir.GetStatus().GetCode())
-	}
-	for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
-		if h.GetHeader().GetKey() == endpoint && len(h.GetHeader().GetRawValue()) > 0 {
-			return ""
-		}
-	}
-	return "not_routed"
 }
 
 func authzCheck(ctx context.Context, c authv3.AuthorizationClient, req Request, endpoint string) string {

@@ -57,7 +57,8 @@ func newBench(ctx context.Context, o options, work string, log io.Writer) (*benc
 		return nil, err
 	}
 	coordArgs := func(extra ...string) []string {
-		return append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
+		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
+		return append(args, strings.Fields(o.coordArgs)...)
 	}
 	steps := []struct {
 		dst  **server
@@ -169,12 +170,16 @@ func (b *bench) define() []*scenario {
 // load runs one load pattern against a scenario and measures the server
 // process and Valkey around it.
 func (b *bench) load(ctx context.Context, sc *scenario, rate float64, d time.Duration) (*loadgen.Result, float64, float64, error) {
+	return b.loadHeld(ctx, sc, rate, d, 0)
+}
+
+func (b *bench) loadHeld(ctx context.Context, sc *scenario, rate float64, d, hold time.Duration) (*loadgen.Result, float64, float64, error) {
 	cpu0, _ := cpuTime(sc.srv.pid())
 	cmds0, err := b.commands(ctx)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	res, err := loadgen.Run(ctx, loadgen.Config{Mode: sc.mode, Target: sc.srv.addr, Conns: b.o.conns, Concurrency: b.o.concurrency, Rate: rate, Duration: d, Next: sc.next})
+	res, err := loadgen.Run(ctx, loadgen.Config{Mode: sc.mode, Target: sc.srv.addr, Conns: b.o.conns, Concurrency: b.o.concurrency, Rate: rate, Duration: d, Next: sc.next, Hold: hold})
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -221,6 +226,9 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 				return nil, err
 			}
 		}
+	}
+	if err := b.pairedCPU(ctx, rep); err != nil {
+		return nil, err
 	}
 	// Saturation, interleaved: round 1 runs every scenario, then round 2...
 	for r := 0; r < b.o.rounds; r++ {
@@ -311,3 +319,34 @@ func (b *bench) memory(ctx context.Context, rep *report) error {
 
 // memLimit is GOMEMLIMIT for the memory measurement.
 const memLimit = "250MiB"
+
+// pairedCPU measures server CPU per decision at one fixed offered load,
+// ceiling and cached coord-extproc alternately (which goes first
+// alternates too), each stream held as Envoy holds it: the ratio of each
+// pair cancels most of the machine's drift between rounds.
+func (b *bench) pairedCPU(ctx context.Context, rep *report) error {
+	ceil, cached := b.scenarios[0], b.scenarios[1]
+	pc := &pairedResult{Rate: b.o.cpuRate, Hold: b.o.hold.String(), Duration: b.o.duration.String()}
+	for r := 0; r < b.o.cpuRounds; r++ {
+		order := []*scenario{ceil, cached}
+		if r%2 == 1 {
+			order = []*scenario{cached, ceil}
+		}
+		cpu := map[*scenario]float64{}
+		for _, sc := range order {
+			res, c, _, err := b.loadHeld(ctx, sc, b.o.cpuRate, b.o.duration, b.o.hold)
+			if err != nil {
+				return err
+			}
+			if res.Errors > 0 {
+				return fmt.Errorf("paired CPU round %d, %s: %d errors %v", r+1, sc.name, res.Errors, res.ErrorKinds)
+			}
+			cpu[sc] = c
+		}
+		pc.Rounds = append(pc.Rounds, pairRound{Ceiling: cpu[ceil], Coord: cpu[cached], Ratio: cpu[cached] / cpu[ceil]})
+		fmt.Fprintf(b.log, "bench: CPU round %d at %.0f req/s: ceiling %.1f µs, coord-extproc %.1f µs per decision (%.2f×)\n", r+1, b.o.cpuRate, cpu[ceil], cpu[cached], cpu[cached]/cpu[ceil])
+	}
+	pc.finish()
+	rep.Paired = pc
+	return nil
+}

@@ -25,6 +25,12 @@ type options struct {
 	rounds, concurrency, conns       int
 	memoryDests                      int
 	quick, memoryOnly                bool
+	// The paired CPU measurement: a fixed offered load, each stream held
+	// as Envoy holds it while the upstream works.
+	cpuRate   float64
+	cpuRounds int
+	hold      time.Duration
+	coordArgs string // extra coord-extproc flags, for ablation runs
 }
 
 func main() {
@@ -52,11 +58,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.memoryDests, "memory-destinations", 1_000_000, "destinations cached for the RSS measurement (0: skip)")
 	fs.BoolVar(&o.quick, "quick", false, "tiny data sets and durations: a smoke run")
 	fs.BoolVar(&o.memoryOnly, "memory-only", false, "only the memory measurement")
+	fs.Float64Var(&o.cpuRate, "cpu-rate", 3000, "offered req/s for the paired CPU-per-decision rounds")
+	fs.IntVar(&o.cpuRounds, "cpu-rounds", 7, "paired, interleaved rounds of the CPU measurement (median reported)")
+	fs.StringVar(&o.coordArgs, "coord-args", "", "extra coord-extproc flags (space-separated), e.g. to measure a setting's effect")
+	fs.DurationVar(&o.hold, "hold", 2*time.Millisecond, "how long each ext_proc stream is held after its answer (the upstream's work)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.quick {
-		o.duration, o.rounds, o.memoryDests = 300*time.Millisecond, 1, 2000
+		o.duration, o.rounds, o.memoryDests, o.cpuRounds, o.cpuRate = 300*time.Millisecond, 1, 2000, 1, 500
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err

@@ -44,6 +44,9 @@ type Config struct {
 	BodyLimit        int
 	ShutdownGrace    time.Duration
 	MaxConnectionAge time.Duration
+	StreamWorkers    int
+	GRPCWindow       int
+	GCPercent        int
 }
 
 func defaultConfig() Config {
@@ -66,6 +69,8 @@ func defaultConfig() Config {
 		BodyLimit:        extproc.DefaultBodyLimit,
 		ShutdownGrace:    15 * time.Second,
 		MaxConnectionAge: 5 * time.Minute,
+		GRPCWindow:       defaultGRPCWindow,
+		GCPercent:        defaultGCPercent,
 	}
 }
 
@@ -122,6 +127,12 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ShutdownGrace, n, c.ShutdownGrace, u) }},
 		{"max-connection-age", "COORD_MAX_CONNECTION_AGE", "gRPC connections are closed gracefully after this age so Envoy rebalances across replicas",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.MaxConnectionAge, n, c.MaxConnectionAge, u) }},
+		{"grpc-stream-workers", "COORD_GRPC_STREAM_WORKERS", "goroutines that serve new gRPC streams (reused, so a stream starts on a grown stack); 0: 4 per CPU",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
+		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},
+		{"gc-percent", "COORD_GC_PERCENT", "Go GC target (GOGC) when GOGC is not set; memory is bounded by GOMEMLIMIT, which should be set (the Kubernetes manifest sets it from the memory limit); -1: Go's default",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GCPercent, n, c.GCPercent, u) }},
 	}, c.registryFlags()...)
 }
 
@@ -202,6 +213,15 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
+	}
+	if c.StreamWorkers < 0 {
+		errs = append(errs, fmt.Errorf("--grpc-stream-workers %d: 0 (automatic) or more", c.StreamWorkers))
+	}
+	if c.GRPCWindow != 0 && c.GRPCWindow < 64<<10 || c.GRPCWindow > 1<<30 {
+		errs = append(errs, fmt.Errorf("--grpc-window %d: 0 (dynamic) or from 65536 to 1 GiB", c.GRPCWindow))
+	}
+	if c.GCPercent < -1 || c.GCPercent == 0 {
+		errs = append(errs, fmt.Errorf("--gc-percent %d: -1 (Go's default) or positive", c.GCPercent))
 	}
 	if c.MaxSetMembers <= 0 {
 		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))

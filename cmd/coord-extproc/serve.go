@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/coord-extproc/coord-extproc/extproc"
 	"github.com/coord-extproc/coord-extproc/registry"
@@ -75,16 +74,8 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 			return fmt.Errorf("listen %s: %w", cfg.MetricsListen, err)
 		}
 	}
-	gs := grpc.NewServer(
-		grpc.MaxConcurrentStreams(100_000),
-		grpc.KeepaliveParams(keepalive.ServerParameters{
-			MaxConnectionAge:      cfg.MaxConnectionAge,
-			MaxConnectionAgeGrace: cfg.ShutdownGrace,
-			Time:                  30 * time.Second,
-			Timeout:               10 * time.Second,
-		}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	applyGC(cfg)
+	gs := grpc.NewServer(grpcOptions(cfg)...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
