@@ -30,7 +30,7 @@ bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, re
 	$(GO) run ./bench/run --coord $(BIN) --ceiling bin/ceiling --micro bench/results/micro.txt --out bench/results
 
 FUZZTIME ?= 30s
-FUZZ := route:FuzzParse route:FuzzMatch registry:FuzzAddress registry:FuzzValidateID extproc:FuzzExchange extproc:FuzzAuthz
+FUZZ := route:FuzzParse route:FuzzMatch registry:FuzzAddress registry:FuzzValidateID extproc:FuzzExchange extproc:FuzzAuthz extproc:FuzzCodecMatchesProto
 
 fuzz: ## run each fuzz target for FUZZTIME (make test runs their seed corpora); findings land in testdata/fuzz
 	@set -e; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t#*:}; \

@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/coord-extproc/coord-extproc/extproc"
 )
 
 // Defaults of the transport knobs, chosen by measurement (bench/results,
@@ -28,6 +30,8 @@ func grpcOptions(cfg Config) []grpc.ServerOption {
 		workers = 4 * runtime.GOMAXPROCS(0)
 	}
 	opts := []grpc.ServerOption{
+		// Request headers decoded with few allocations (extproc.Codec).
+		grpc.ForceServerCodecV2(extproc.NewCodec()),
 		grpc.MaxConcurrentStreams(100_000),
 		grpc.NumStreamWorkers(uint32(workers)),
 		grpc.SharedWriteBuffer(true),
