@@ -47,7 +47,7 @@ type manifests struct {
 	filters     []*EnvoyFilter
 }
 
-func sort(objs []any) *manifests {
+func byKind(objs []any) *manifests {
 	m := &manifests{}
 	for _, o := range objs {
 		switch o := o.(type) {
@@ -75,7 +75,7 @@ func sort(objs []any) *manifests {
 // Check returns every disagreement between the manifests (all of them,
 // from every file, so references across files resolve) and the server.
 func Check(objs []any, s Server) error {
-	m := sort(objs)
+	m := byKind(objs)
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for _, d := range m.deployments {

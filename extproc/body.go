@@ -94,10 +94,6 @@ func (x *exchange) hold(ctx context.Context, b *extprocv3.HttpBody) {
 // bind, then let the response through, or replace it if the binding
 // could not be written.
 func (x *exchange) release(ctx context.Context) {
-	if !x.awaiting { // over the limit earlier
-		x.flush()
-		return
-	}
 	var body bytes.Buffer
 	for _, c := range x.held.chunks {
 		body.Write(c.GetBody())

@@ -48,49 +48,72 @@ func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return proto.Unmarshal(b, m)
 }
 
+// field is one length-delimited or varint field off the wire.
+type field struct {
+	num    protowire.Number
+	typ    protowire.Type
+	bytes  []byte
+	varint uint64
+}
+
+// nextField reads the field at the head of b; other wire types (and
+// malformed input) are not ok, which sends the message to
+// proto.Unmarshal.
+func nextField(b []byte) (field, []byte, bool) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		return field{}, nil, false
+	}
+	f := field{num: num, typ: typ}
+	var m int
+	switch typ {
+	case protowire.BytesType:
+		f.bytes, m = protowire.ConsumeBytes(b[n:])
+	case protowire.VarintType:
+		f.varint, m = protowire.ConsumeVarint(b[n:])
+	default:
+		return field{}, nil, false
+	}
+	if m < 0 {
+		return field{}, nil, false
+	}
+	return f, b[n+m:], true
+}
+
 // decodeRequestHeaders fills m from b when b holds only fields it knows
 // (request_headers with headers and end_of_stream, protocol_config,
 // observability_mode), each message field once, with valid UTF-8 where
 // proto3 requires it; otherwise it reports false and m is to be reset.
 func decodeRequestHeaders(b []byte, m *extprocv3.ProcessingRequest) bool {
-	var hdrs, pc []byte
-	var seenHdrs, seenPC bool
+	var hdrs, pc field // num 0: not seen
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		f, rest, ok := nextField(b)
+		if !ok {
 			return false
 		}
-		b = b[n:]
+		b = rest
 		switch {
-		case num == 2 && typ == protowire.BytesType && !seenHdrs:
-			hdrs, n = protowire.ConsumeBytes(b)
-			seenHdrs = true
-		case num == 11 && typ == protowire.BytesType && !seenPC:
-			pc, n = protowire.ConsumeBytes(b)
-			seenPC = true
-		case num == 10 && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
-			m.ObservabilityMode = v != 0
+		case f.num == 2 && f.typ == protowire.BytesType && hdrs.num == 0:
+			hdrs = f
+		case f.num == 11 && f.typ == protowire.BytesType && pc.num == 0:
+			pc = f
+		case f.num == 10 && f.typ == protowire.VarintType:
+			m.ObservabilityMode = f.varint != 0
 		default:
 			return false
 		}
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
 	}
-	if !seenHdrs {
+	if hdrs.num == 0 {
 		return false
 	}
-	if seenPC {
-		cfg, ok := decodeProtocolConfig(pc)
+	if pc.num != 0 {
+		cfg, ok := decodeProtocolConfig(pc.bytes)
 		if !ok {
 			return false
 		}
 		m.ProtocolConfig = cfg
 	}
-	h, ok := decodeHTTPHeaders(hdrs)
+	h, ok := decodeHTTPHeaders(hdrs.bytes)
 	if !ok {
 		return false
 	}
@@ -101,22 +124,20 @@ func decodeRequestHeaders(b []byte, m *extprocv3.ProcessingRequest) bool {
 func decodeProtocolConfig(b []byte) (*extprocv3.ProtocolConfiguration, bool) {
 	pc := &extprocv3.ProtocolConfiguration{}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.VarintType || num < 1 || num > 3 {
+		f, rest, ok := nextField(b)
+		if !ok || f.typ != protowire.VarintType {
 			return nil, false
 		}
-		v, m := protowire.ConsumeVarint(b[n:])
-		if m < 0 {
-			return nil, false
-		}
-		b = b[n+m:]
-		switch num {
+		b = rest
+		switch f.num {
 		case 1:
-			pc.RequestBodyMode = filterv3.ProcessingMode_BodySendMode(int32(v))
+			pc.RequestBodyMode = filterv3.ProcessingMode_BodySendMode(int32(f.varint))
 		case 2:
-			pc.ResponseBodyMode = filterv3.ProcessingMode_BodySendMode(int32(v))
+			pc.ResponseBodyMode = filterv3.ProcessingMode_BodySendMode(int32(f.varint))
 		case 3:
-			pc.SendBodyWithoutWaitingForHeaderResponse = v != 0
+			pc.SendBodyWithoutWaitingForHeaderResponse = f.varint != 0
+		default:
+			return nil, false
 		}
 	}
 	return pc, true
@@ -127,34 +148,26 @@ func decodeProtocolConfig(b []byte) (*extprocv3.ProtocolConfiguration, bool) {
 // HeaderValues and one arena holding every key and value.
 func decodeHTTPHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 	h := &extprocv3.HttpHeaders{}
-	var hm []byte
-	seenMap := false
+	var hm field // num 0: not seen
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		f, rest, ok := nextField(b)
+		if !ok {
 			return nil, false
 		}
-		b = b[n:]
+		b = rest
 		switch {
-		case num == 1 && typ == protowire.BytesType && !seenMap:
-			hm, n = protowire.ConsumeBytes(b)
-			seenMap = true
-		case num == 3 && typ == protowire.VarintType:
-			var v uint64
-			v, n = protowire.ConsumeVarint(b)
-			h.EndOfStream = v != 0
+		case f.num == 1 && f.typ == protowire.BytesType && hm.num == 0:
+			hm = f
+		case f.num == 3 && f.typ == protowire.VarintType:
+			h.EndOfStream = f.varint != 0
 		default:
 			return nil, false
 		}
-		if n < 0 {
-			return nil, false
-		}
-		b = b[n:]
 	}
-	if !seenMap {
+	if hm.num == 0 {
 		return h, true
 	}
-	count, size, ok := walkHeaderMap(hm, nil)
+	count, size, ok := walkHeaderMap(hm.bytes, nil)
 	if !ok {
 		return nil, false
 	}
@@ -163,7 +176,7 @@ func decodeHTTPHeaders(b []byte) (*extprocv3.HttpHeaders, bool) {
 	for i := range fill.vals {
 		h.Headers.Headers[i] = &fill.vals[i]
 	}
-	walkHeaderMap(hm, fill)
+	walkHeaderMap(hm.bytes, fill)
 	return h, true
 }
 
@@ -197,37 +210,21 @@ func (f *headerFill) bytes(s []byte) []byte {
 // bytes) or fills it.
 func walkHeaderMap(b []byte, fill *headerFill) (count, size int, ok bool) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num != 1 || typ != protowire.BytesType {
+		hv, rest, ok := nextField(b)
+		if !ok || hv.num != 1 || hv.typ != protowire.BytesType {
 			return 0, 0, false
 		}
-		hv, m := protowire.ConsumeBytes(b[n:])
-		if m < 0 {
-			return 0, 0, false
-		}
-		b = b[n+m:]
-		var key, value, raw []byte
+		b = rest
+		var parts [4][]byte // key, value, raw_value by field number
 		var seen [4]bool
-		for len(hv) > 0 {
-			fnum, ftyp, k := protowire.ConsumeTag(hv)
-			if k < 0 || ftyp != protowire.BytesType || fnum < 1 || fnum > 3 || seen[fnum] {
+		for fb := hv.bytes; len(fb) > 0; {
+			f, rest, ok := nextField(fb)
+			if !ok || f.typ != protowire.BytesType || f.num < 1 || f.num > 3 || seen[f.num] {
 				return 0, 0, false
 			}
-			seen[fnum] = true
-			v, l := protowire.ConsumeBytes(hv[k:])
-			if l < 0 {
-				return 0, 0, false
-			}
-			hv = hv[k+l:]
-			switch fnum {
-			case 1:
-				key = v
-			case 2:
-				value = v
-			case 3:
-				raw = v
-			}
+			fb, seen[f.num], parts[f.num] = rest, true, f.bytes
 		}
+		key, value, raw := parts[1], parts[2], parts[3]
 		if fill == nil {
 			if !utf8.Valid(key) || !utf8.Valid(value) {
 				return 0, 0, false

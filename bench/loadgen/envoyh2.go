@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -318,8 +317,6 @@ func processingRequest(req Request) *extprocv3.ProcessingRequest {
 	}}
 }
 
-var errNoConns = errors.New("loadgen: no connection")
-
 // newEnvoyExchanger opens cfg.Conns Envoy-shaped connections before the
 // clock starts (Envoy keeps its connections open).
 func newEnvoyExchanger(cfg Config) (exchanger, func(), error) {
@@ -338,9 +335,6 @@ func newEnvoyExchanger(cfg Config) (exchanger, func(), error) {
 			return nil, nil, fmt.Errorf("loadgen: %s not reachable: %w", cfg.Target, err)
 		}
 		conns = append(conns, c)
-	}
-	if len(conns) == 0 {
-		return nil, nil, errNoConns
 	}
 	return func(ctx context.Context, conn uint64, req Request) string {
 		return conns[conn].exchange(ctx, processingRequest(req), cfg.Hold, cfg.EndpointHeader)
