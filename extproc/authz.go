@@ -65,7 +65,7 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 	// so the endpoint header is only ever set here (with overwrite, which
 	// also replaces every client-sent copy), never listed for removal.
 	return a.s.checks.get(o.member.ID, o.member.Address, func() *authv3.CheckResponse {
-		return &authv3.CheckResponse{
+		r := &authv3.CheckResponse{
 			Status: &rpcstatus.Status{Code: int32(codes.OK)},
 			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 				Headers: []*corev3.HeaderValueOption{
@@ -75,6 +75,8 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 			}},
 			DynamicMetadata: authzMetadata(a.s.opt.EndpointHeader, o.member.Address),
 		}
+		a.s.codec.Freeze(r)
+		return r
 	}), nil
 }
 

@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 	"unsafe"
 
@@ -15,22 +17,69 @@ import (
 )
 
 // Codec is the server's gRPC codec: grpc-go's proto codec, except that
-// the message every decision starts with — a ProcessingRequest carrying
-// request headers — is decoded in one pass with a handful of allocations
-// (all header values share one arena) instead of several per header.
-// Anything else, or any field that pass does not know, is left to
-// proto.Unmarshal, so the result is always what proto.Unmarshal gives
-// (FuzzCodecMatchesProto checks it).
-type Codec struct{ std encoding.CodecV2 }
+//   - the message every decision starts with — a ProcessingRequest
+//     carrying request headers — is decoded in one pass with a handful of
+//     allocations (all header values share one arena) instead of several
+//     per header. Anything else, or any field that pass does not know, is
+//     left to proto.Unmarshal, so the result is always what
+//     proto.Unmarshal gives (FuzzCodecMatchesProto checks it);
+//   - a frozen answer (Freeze) is sent as the bytes encoded when it was
+//     frozen: a cached decision's answer is shared by every stream, so
+//     encoding it each time would redo the same work.
+type Codec struct {
+	std    encoding.CodecV2
+	frozen *frozenSet
+}
 
 // NewCodec returns the codec; install it with grpc.ForceServerCodecV2.
-func NewCodec() Codec { return Codec{std: encoding.GetCodecV2(gproto.Name)} }
+func NewCodec() Codec {
+	return Codec{std: encoding.GetCodecV2(gproto.Name), frozen: &frozenSet{}}
+}
 
 // Name is the content subtype it serves.
 func (Codec) Name() string { return gproto.Name }
 
-// Marshal is the standard codec's.
-func (c Codec) Marshal(v any) (mem.BufferSlice, error) { return c.std.Marshal(v) }
+// Marshal sends a frozen message's encoding, else encodes v.
+func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if c.frozen != nil {
+		if b, ok := c.frozen.m.Load(v); ok {
+			// A new one-element slice: gRPC owns the slice, the bytes are shared
+			// and only read (SliceBuffer's Free does nothing).
+			return mem.BufferSlice{b.(mem.Buffer)}, nil
+		}
+	}
+	return c.std.Marshal(v)
+}
+
+// Freeze encodes m once and sends those bytes whenever m itself is sent.
+// The invariant callers keep: m is never changed after Freeze (every
+// frozen answer is a shared, immutable one). The set is bounded; past
+// maxFrozen it starts over, and an answer no longer in it is encoded
+// again as usual.
+func (c Codec) Freeze(m proto.Message) {
+	if c.frozen == nil {
+		return
+	}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return // encoded on each send instead, where the error is reported
+	}
+	if c.frozen.n.Add(1) > maxFrozen {
+		c.frozen.m.Clear()
+		c.frozen.n.Store(1)
+	}
+	c.frozen.m.Store(m, mem.Buffer(mem.SliceBuffer(b)))
+}
+
+// maxFrozen bounds the frozen set (twice the answer caches' bound: an
+// ext_proc and an ext_authz answer per member and address).
+const maxFrozen = 2 * maxAnswers
+
+// frozenSet maps a frozen message (by pointer) to its encoding.
+type frozenSet struct {
+	m sync.Map
+	n atomic.Int64
+}
 
 // Unmarshal decodes data into v.
 func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
@@ -206,23 +255,46 @@ func (f *headerFill) bytes(s []byte) []byte {
 	return f.arena[off:len(f.arena):len(f.arena)]
 }
 
+// lenField reads a length-delimited field with a one-byte tag (field
+// numbers 1 to 15, all a HeaderMap holds) at the head of b. It is the
+// inner loop of every decision, hence no protowire call for the common
+// one-byte length; anything else is not ok, and proto.Unmarshal decides.
+func lenField(b []byte) (num byte, val, rest []byte, ok bool) {
+	if len(b) < 2 || b[0]&0x80 != 0 || b[0]&7 != byte(protowire.BytesType) {
+		return 0, nil, nil, false
+	}
+	n, i := uint64(b[1]), 2
+	if n >= 0x80 {
+		var m int
+		if n, m = protowire.ConsumeVarint(b[1:]); m < 0 {
+			return 0, nil, nil, false
+		}
+		i = 1 + m
+	}
+	if n > uint64(len(b)-i) {
+		return 0, nil, nil, false
+	}
+	end := i + int(n)
+	return b[0] >> 3, b[i:end], b[end:], true
+}
+
 // walkHeaderMap checks a HeaderMap (fill nil: counting headers and their
 // bytes) or fills it.
 func walkHeaderMap(b []byte, fill *headerFill) (count, size int, ok bool) {
 	for len(b) > 0 {
-		hv, rest, ok := nextField(b)
-		if !ok || hv.num != 1 || hv.typ != protowire.BytesType {
+		num, hv, rest, ok := lenField(b)
+		if !ok || num != 1 {
 			return 0, 0, false
 		}
 		b = rest
 		var parts [4][]byte // key, value, raw_value by field number
 		var seen [4]bool
-		for fb := hv.bytes; len(fb) > 0; {
-			f, rest, ok := nextField(fb)
-			if !ok || f.typ != protowire.BytesType || f.num < 1 || f.num > 3 || seen[f.num] {
+		for len(hv) > 0 {
+			num, v, rest, ok := lenField(hv)
+			if !ok || num < 1 || num > 3 || seen[num] {
 				return 0, 0, false
 			}
-			fb, seen[f.num], parts[f.num] = rest, true, f.bytes
+			hv, seen[num], parts[num] = rest, true, v
 		}
 		key, value, raw := parts[1], parts[2], parts[3]
 		if fill == nil {

@@ -100,7 +100,7 @@ func newEnvTB(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.gs = grpc.NewServer()
+	e.gs = grpc.NewServer(grpc.ForceServerCodecV2(s.Codec()))
 	extprocv3.RegisterExternalProcessorServer(e.gs, s)
 	authv3.RegisterAuthorizationServer(e.gs, NewAuthz(s))
 	go func() { _ = e.gs.Serve(lis) }()

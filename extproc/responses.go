@@ -56,7 +56,11 @@ func (c *answerCache[T]) get(id, addr string, build func() T) T {
 
 // sharedRouted is the routed answer for plain routes, shared; never mutate it.
 func (s *Server) sharedRouted(o *outcome) *extprocv3.ProcessingResponse {
-	return s.answers.get(o.member.ID, o.member.Address, func() *extprocv3.ProcessingResponse { return s.routedHeaders(o) })
+	return s.answers.get(o.member.ID, o.member.Address, func() *extprocv3.ProcessingResponse {
+		r := s.routedHeaders(o)
+		s.codec.Freeze(r)
+		return r
+	})
 }
 
 // routedHeaders builds a routed answer the caller may modify.

@@ -56,6 +56,7 @@ type Server struct {
 	answers answerCache[*extprocv3.ProcessingResponse]
 	pass    *extprocv3.ProcessingResponse // shared, never mutated
 	checks  answerCache[*authv3.CheckResponse]
+	codec   Codec // freezes the shared answers
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -77,10 +78,16 @@ func NewServer(opt Options) (*Server, error) {
 	if opt.DecisionTimeout <= 0 {
 		opt.DecisionTimeout = registry.DefaultDecisionTimeout
 	}
-	s := &Server{opt: opt}
+	s := &Server{opt: opt, codec: NewCodec()}
 	s.pass = s.passHeaders()
+	s.codec.Freeze(s.pass)
 	return s, nil
 }
+
+// Codec is the gRPC codec to serve this server's APIs with (install it
+// with grpc.ForceServerCodecV2): it sends the server's shared answers
+// as encoded once. Any other codec gives the same bytes, only slower.
+func (s *Server) Codec() Codec { return s.codec }
 
 // Process serves one ext_proc stream: Envoy sends the request headers
 // (and whatever the processing mode asks for), we answer each message in

@@ -24,14 +24,15 @@ const (
 // grpcOptions are the server's transport settings. Every stream ends at
 // its final answer (SPEC §5.1), so streams are short; what costs is the
 // per-stream transport work, which these settings trim.
-func grpcOptions(cfg Config) []grpc.ServerOption {
+func grpcOptions(cfg Config, codec extproc.Codec) []grpc.ServerOption {
 	workers := cfg.StreamWorkers
 	if workers == 0 {
 		workers = 4 * runtime.GOMAXPROCS(0)
 	}
 	opts := []grpc.ServerOption{
-		// Request headers decoded with few allocations (extproc.Codec).
-		grpc.ForceServerCodecV2(extproc.NewCodec()),
+		// Request headers decoded with few allocations, shared answers
+		// encoded once (extproc.Codec).
+		grpc.ForceServerCodecV2(codec),
 		grpc.MaxConcurrentStreams(100_000),
 		grpc.NumStreamWorkers(uint32(workers)),
 		grpc.SharedWriteBuffer(true),

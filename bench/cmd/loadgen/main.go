@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -39,8 +40,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ids := fs.Int("ids", 1000, "distinct destination ids (dest-0 .. dest-N-1)")
 	path := fs.String("path", "/tenants/%s/keys/k", "request path; %s is the destination id")
 	header := fs.String("id-header", "x-destination-id", "header carrying the id (empty: none)")
+	hold := fs.Duration("hold", 0, "ext_proc: keep each stream open this long after its answer, as Envoy does while the upstream works")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile here")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	next := func(i uint64) loadgen.Request {
 		id := fmt.Sprintf("dest-%d", i%uint64(*ids))
@@ -50,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return loadgen.Request{Method: "GET", Path: fmt.Sprintf(*path, id), Headers: loadgen.TypicalHeaders(extra...)}
 	}
-	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.Mode(*mode), Target: *target, Conns: *conns, Concurrency: *conc, Rate: *rate, Duration: *dur, Next: next})
+	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.Mode(*mode), Target: *target, Conns: *conns, Concurrency: *conc, Rate: *rate, Duration: *dur, Next: next, Hold: *hold})
 	if err != nil {
 		return err
 	}
