@@ -133,7 +133,7 @@ func (s *shared) intern(ids []string) *idset {
 // fetchSet reads a set through valkey-go's tracked cache and stores the
 // result with store.
 func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, store func(*setEntry)) (*setEntry, error) {
-	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	seq, gen := r.inv.ticket(), r.flushGen.Load()
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	res := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
@@ -147,7 +147,7 @@ func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, stor
 // fetchDest reads a destination set, bounded by MaxSetMembers; broadcast
 // tracking invalidates it like any key under the prefix, however read.
 func (r *Registry) fetchDest(ctx context.Context, destID string, now time.Time) (*setEntry, error) {
-	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	seq, gen := r.inv.ticket(), r.flushGen.Load()
 	ids, err := r.readDest(ctx, destID)
 	if err != nil {
 		return nil, err
@@ -189,16 +189,15 @@ func (r *Registry) readAt(res valkey.ValkeyResult, now time.Time) time.Time {
 	return now.Add(-(r.opt.CacheTTL - min(left, r.opt.CacheTTL)))
 }
 
-// storeSet caches ids read while the invalidation sequence was seq. The
-// sequence is checked after storing: an invalidation that raced with the
-// read leaves the entry marked for re-validation instead of trusted for a
-// whole TTL.
+// storeSet caches ids read from key after ticket seq. The check follows
+// the store: an invalidation of key that raced with the read leaves the
+// entry marked for re-validation instead of trusted for a whole TTL.
 func (r *Registry) storeSet(key string, ids []string, seq, gen uint64, now time.Time, store func(*setEntry)) *setEntry {
 	slices.Sort(ids)
 	e := &setEntry{set: r.shared.intern(ids)}
 	r.stamp(&e.freshness, now, gen, key)
 	store(e)
-	if r.invSeq.Load() != seq {
+	if r.inv.raced(key, seq) {
 		e.invalid.Store(true)
 	}
 	return e
@@ -239,7 +238,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	if len(missing) == 0 {
 		return out, nil
 	}
-	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	seq, gen := r.inv.ticket(), r.flushGen.Load()
 	cmds := make([]valkey.CacheableTTL, len(missing))
 	for j, i := range missing {
 		cmds[j] = valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL)
@@ -266,8 +265,8 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		r.members.Add(ids[i], e)
 		out[i] = e
 	}
-	if r.invSeq.Load() != seq {
-		for _, i := range missing {
+	for _, i := range missing {
+		if r.inv.raced(r.keys.member(ids[i]), seq) {
 			out[i].invalid.Store(true)
 		}
 	}

@@ -104,7 +104,7 @@ func clearRegistry(t testing.TB, r *Registry, c valkey.Client) {
 	if len(keys) == 0 {
 		return
 	}
-	seq := r.invSeq.Load()
+	seq := r.inv.seq.Load()
 	do(t, c, append([]string{"DEL"}, keys...)...)
-	eventually(t, time.Second, "invalidations of the cleared keys", func() bool { return r.invSeq.Load() != seq })
+	eventually(t, time.Second, "invalidations of the cleared keys", func() bool { return r.inv.seq.Load() != seq })
 }

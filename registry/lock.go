@@ -85,14 +85,14 @@ func (r *Registry) lockRecord(ctx context.Context, lockID string, now time.Time)
 	if l, ok := r.locks.Get(lockID); ok && r.fresh(&l.freshness, now) {
 		return l, nil
 	}
-	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	seq, gen := r.inv.ticket(), r.flushGen.Load()
 	l, readAt, err := r.readLock(ctx, lockID, true, now)
 	if err != nil {
 		return nil, err
 	}
 	r.stamp(&l.freshness, readAt, gen, r.keys.lock(lockID))
 	r.locks.Add(lockID, l)
-	if r.invSeq.Load() != seq {
+	if r.inv.raced(r.keys.lock(lockID), seq) {
 		l.invalid.Store(true)
 	}
 	return l, nil

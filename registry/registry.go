@@ -140,9 +140,9 @@ type Registry struct {
 	locks   *lru.Cache[string, *lockEntry]
 	all     atomic.Pointer[setEntry] // the P:members set
 
-	// invSeq counts invalidation events; a load that sees it move marks
-	// its own result for re-validation (see storeSet).
-	invSeq atomic.Uint64
+	// inv tells a load whether an invalidation of its key raced with it
+	// (invalidations.go states the invariant).
+	inv *invalidations
 	// flushGen moves when everything is invalid at once (FLUSHALL,
 	// reconnection); entries remember the generation they were built in.
 	flushGen atomic.Uint64
@@ -186,6 +186,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		base:    opt.Now(),
 		shared:  shared{sets: map[string]*idset{}},
 		stats:   opt.Stats,
+		inv:     newInvalidations(),
 	}
 	r.shards = newShards()
 	r.addrs = newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now, addressPolicy{allow: opt.AllowUpstream}, r.onResolved)
@@ -273,19 +274,22 @@ func (r *Registry) Ping(ctx context.Context) error {
 
 func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
 	if msgs == nil { // FLUSHALL/FLUSHDB or a lost connection
-		r.invSeq.Add(1)
+		r.inv.everything()
 		r.flushGen.Add(1)
 		r.memberGen.Add(1)
 		r.recovery.onFlush()
 		return
 	}
-	// Bump the sequence before marking: a concurrent load either sees the
-	// bump or stored its entry early enough for the marking to find it.
-	// Probe keys (ours and other replicas') invalidate nothing cached.
+	// Note every key before marking any: a concurrent load either sees its
+	// key noted or stored its entry early enough for the marking to find
+	// it. Probe keys (ours and other replicas') invalidate nothing cached.
+	var seq uint64
 	for _, m := range msgs {
 		if key, err := m.ToString(); err == nil && !strings.HasPrefix(key, r.keys.probePrefix) {
-			r.invSeq.Add(1)
-			break
+			if seq == 0 {
+				seq = r.inv.batch()
+			}
+			r.inv.note(key, seq)
 		}
 	}
 	for _, m := range msgs {

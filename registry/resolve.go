@@ -155,7 +155,7 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 	if err != nil {
 		return Decision{}, nil, err
 	}
-	seq, gen := r.invSeq.Load(), r.flushGen.Load()
+	seq, gen := r.inv.ticket(), r.flushGen.Load()
 	sctx, cancel := r.callCtx(ctx)
 	reply, err := claimScript.Exec(sctx, r.client, []string{r.keys.dest(destID)}, []string{c.ID, strconv.Itoa(r.opt.MaxSetMembers)}).AsStrSlice()
 	cancel()

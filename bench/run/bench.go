@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -193,20 +194,22 @@ func (b *bench) loadHeld(ctx context.Context, sc *scenario, rate float64, d, hol
 }
 
 // commands is the server's command count (INFO commandstats, scripts'
-// inner commands included), less INFO itself and the background commands
+// inner commands included), less INFO itself, the background commands
 // whose cost is per second, not per request: SET (each replica's tracking
-// probe, one per CacheTTL/3) and PING (valkey-go's connection keep-alive).
-func (b *bench) commands(ctx context.Context) (int64, error) {
+// probe, one per CacheTTL/3) and PING (valkey-go's connection keep-alive),
+// and the commands named in except (what the bench itself issues).
+func (b *bench) commands(ctx context.Context, except ...string) (int64, error) {
 	info, err := b.client.Do(ctx, b.client.B().Info().Section("commandstats").Build()).ToString()
 	if err != nil {
 		return 0, err
 	}
+	skip := append([]string{"info", "set", "ping"}, except...)
 	var total int64
 	for _, line := range strings.Split(info, "\n") {
-		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") || strings.HasPrefix(line, "cmdstat_set:") || strings.HasPrefix(line, "cmdstat_ping:") {
+		name, stats, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":")
+		if !ok || !strings.HasPrefix(line, "cmdstat_") || slices.Contains(skip, name) {
 			continue
 		}
-		_, stats, _ := strings.Cut(line, ":")
 		var calls int64
 		_, _ = fmt.Sscanf(strings.TrimPrefix(stats, "calls="), "%d", &calls)
 		total += calls
@@ -218,6 +221,9 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 	rep := newReport(b)
 	if b.o.memoryOnly {
 		return rep, b.memory(ctx, rep)
+	}
+	if b.o.scaleOnly {
+		return rep, b.scaleCurves(ctx, rep)
 	}
 	for _, sc := range b.scenarios {
 		if sc.warm > 0 {
@@ -265,6 +271,11 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 	}
 	if b.o.memoryDests > 0 {
 		if err := b.memory(ctx, rep); err != nil {
+			return nil, err
+		}
+	}
+	if b.o.scale {
+		if err := b.scaleCurves(ctx, rep); err != nil {
 			return nil, err
 		}
 	}

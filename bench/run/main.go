@@ -3,7 +3,9 @@
 // every scenario interleaved (A B A B) with the Envoy-shaped load
 // generator: saturation throughput, latency at half the ceiling's
 // throughput, server CPU per request and Valkey commands per request.
-// It writes a Markdown table, JSON and a latency plot.
+// Then the scale curves: cost per decision against cached destinations,
+// heartbeating pods and coordinator replicas. It writes a Markdown
+// report, JSON and plots.
 package main
 
 import (
@@ -25,6 +27,7 @@ type options struct {
 	rounds, concurrency, conns       int
 	memoryDests                      int
 	quick, memoryOnly                bool
+	scale, scaleOnly                 bool
 	// The paired CPU measurement: a fixed offered load, each stream held
 	// as Envoy holds it while the upstream works.
 	cpuRate   float64
@@ -58,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.memoryDests, "memory-destinations", 1_000_000, "destinations cached for the RSS measurement (0: skip)")
 	fs.BoolVar(&o.quick, "quick", false, "tiny data sets and durations: a smoke run")
 	fs.BoolVar(&o.memoryOnly, "memory-only", false, "only the memory measurement")
+	fs.BoolVar(&o.scale, "scale", true, "measure the scale curves (destinations, pods, replicas)")
+	fs.BoolVar(&o.scaleOnly, "scale-only", false, "only the scale curves")
 	fs.Float64Var(&o.cpuRate, "cpu-rate", 3000, "offered req/s for the paired CPU-per-decision rounds")
 	fs.IntVar(&o.cpuRounds, "cpu-rounds", 7, "paired, interleaved rounds of the CPU measurement (median reported)")
 	fs.StringVar(&o.coordArgs, "coord-args", "", "extra coord-extproc flags (space-separated), e.g. to measure a setting's effect")

@@ -21,6 +21,7 @@ import (
 // server is a process under measurement.
 type server struct {
 	name, addr string
+	metrics    string // its /metrics address, when it serves one
 	cmd        *exec.Cmd
 	logPath    string
 }

@@ -25,6 +25,7 @@ type report struct {
 	Targets     []target          `json:"targets"`
 	Micro       []microResult     `json:"micro,omitempty"`
 	Paired      *pairedResult     `json:"cpuPerDecision,omitempty"`
+	Scale       []*scaleCurve     `json:"scale,omitempty"`
 
 	index map[string]*scenarioResult
 	hists map[string]*loadgen.Histogram
@@ -115,7 +116,8 @@ func newReport(b *bench) *report {
 		Date:    time.Now().UTC().Format(time.RFC3339),
 		Machine: machine(b),
 		Settings: map[string]any{"duration": b.o.duration.String(), "rounds": b.o.rounds, "concurrency": b.o.concurrency,
-			"connections": b.o.conns, "destinations": b.sz.dests, "fannedOut": b.sz.fanned, "locks": b.sz.locks},
+			"connections": b.o.conns, "destinations": b.sz.dests, "fannedOut": b.sz.fanned, "locks": b.sz.locks,
+			"cpuRate": b.o.cpuRate, "hold": b.o.hold.String()},
 		index: map[string]*scenarioResult{}, hists: map[string]*loadgen.Histogram{},
 	}
 }
@@ -247,6 +249,12 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "| %s | %s | %v |\n", t.What, t.Measured, map[bool]string{true: "yes", false: "**no**"}[t.Met])
 		}
 	}
+	if len(r.Scale) > 0 {
+		fmt.Fprintf(&b, "\nScale curves, each point at %.0f req/s offered, streams held %s, GOMEMLIMIT=%s: see `scale.png`.\n", r.Settings["cpuRate"], r.Settings["hold"], scaleMemLimit)
+		for _, c := range r.Scale {
+			c.markdown(&b)
+		}
+	}
 	if len(r.Sweep) > 0 {
 		b.WriteString("\nLatency against offered load (open loop): see `latency.png`.\n\n| scenario | offered (req/s) | p50 | p99 |\n|---|---:|---:|---:|\n")
 		for _, p := range r.Sweep {
@@ -272,6 +280,11 @@ func (r *report) write(dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "latest.json"), js, 0o644); err != nil {
 		return err
+	}
+	if len(r.Scale) > 0 {
+		if err := plotScale(filepath.Join(dir, "scale.png"), r.Scale); err != nil {
+			return err
+		}
 	}
 	if len(r.Sweep) == 0 {
 		return nil

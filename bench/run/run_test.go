@@ -53,8 +53,23 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("cached scenario issued %.3f Valkey commands per request", s.ValkeyCmdsPerReq)
 		}
 	}
-	if st, err := os.Stat(filepath.Join(out, "latency.png")); err != nil || st.Size() < 1000 {
-		t.Fatalf("plot: %v", err)
+	if len(rep.Scale) != 3 {
+		t.Fatalf("%d scale curves, want destinations, pods, replicas", len(rep.Scale))
+	}
+	for _, c := range rep.Scale {
+		if len(c.Points) != 2 {
+			t.Fatalf("%s: %d points", c.Name, len(c.Points))
+		}
+		for _, p := range c.Points {
+			if p.CPUMicros <= 0 || p.Decisions == 0 || p.Errors > 0 || p.RSSMiB <= 0 || p.HeapMiB <= 0 {
+				t.Fatalf("%s at %d: %+v", c.Name, p.X, p)
+			}
+		}
+	}
+	for _, png := range []string{"latency.png", "scale.png"} {
+		if st, err := os.Stat(filepath.Join(out, png)); err != nil || st.Size() < 1000 {
+			t.Fatalf("plot %s: %v", png, err)
+		}
 	}
 	if !strings.Contains(stdout.String(), "| 2-cached") {
 		t.Fatalf("no table on stdout:\n%s", stdout.String())

@@ -127,7 +127,7 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ShutdownGrace, n, c.ShutdownGrace, u) }},
 		{"max-connection-age", "COORD_MAX_CONNECTION_AGE", "gRPC connections are closed gracefully after this age so Envoy rebalances across replicas",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.MaxConnectionAge, n, c.MaxConnectionAge, u) }},
-		{"grpc-stream-workers", "COORD_GRPC_STREAM_WORKERS", "goroutines that serve new gRPC streams (reused, so a stream starts on a grown stack); 0: 4 per CPU",
+		{"grpc-stream-workers", "COORD_GRPC_STREAM_WORKERS", "goroutines that serve new gRPC streams (reused, so a stream starts on a grown stack); 0: 64 per CPU",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
 		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},

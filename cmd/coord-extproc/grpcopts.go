@@ -18,7 +18,12 @@ import (
 const (
 	defaultGRPCWindow = 1 << 20 // static: no BDP pings, no per-request WINDOW_UPDATE
 	defaultGCPercent  = 400     // GC cost ~17 % → ~7 % of a decision; GOMEMLIMIT bounds memory
-	transportBuffer   = 16 << 10
+	// Streams arrive in bursts (one read holds many HEADERS frames); one
+	// that finds no idle worker starts a goroutine whose stack then grows
+	// (~10 % of CPU at saturation with 4 per CPU). Idle workers cost a
+	// small stack each.
+	workersPerCPU   = 64
+	transportBuffer = 16 << 10
 )
 
 // grpcOptions are the server's transport settings. Every stream ends at
@@ -27,7 +32,7 @@ const (
 func grpcOptions(cfg Config, codec extproc.Codec) []grpc.ServerOption {
 	workers := cfg.StreamWorkers
 	if workers == 0 {
-		workers = 4 * runtime.GOMAXPROCS(0)
+		workers = workersPerCPU * runtime.GOMAXPROCS(0)
 	}
 	opts := []grpc.ServerOption{
 		// Request headers decoded with few allocations, shared answers

@@ -96,3 +96,21 @@ func CommandCount(t testing.TB, c valkey.Client) int64 {
 	}
 	return total
 }
+
+// Calls is how many times the server has run one command (lower-case
+// name, e.g. "hgetall"), from INFO commandstats.
+func Calls(t testing.TB, c valkey.Client, name string) int64 {
+	t.Helper()
+	info, err := Do(t, c, "INFO", "commandstats").ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if stats, ok := strings.CutPrefix(line, "cmdstat_"+name+":"); ok {
+			calls, _, _ := strings.Cut(strings.TrimPrefix(stats, "calls="), ",")
+			n, _ := strconv.ParseInt(calls, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
