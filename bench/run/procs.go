@@ -116,16 +116,22 @@ func rss(pid int) (int64, error) {
 
 // heapInuse reads go_memstats_heap_inuse_bytes from a /metrics page.
 func heapInuse(metricsAddr string) float64 {
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	return metric(metricsAddr, "go_memstats_heap_inuse_bytes")
+}
+
+// metric reads one unlabelled sample from a /metrics page (0 if absent).
+func metric(metricsAddr, name string) float64 {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		return 0
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "go_memstats_heap_inuse_bytes ") {
-			v, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-			return v
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
 		}
 	}
 	return 0

@@ -250,7 +250,7 @@ func (r *report) markdown() string {
 		}
 	}
 	if len(r.Scale) > 0 {
-		fmt.Fprintf(&b, "\nScale curves, each point at %.0f req/s offered, streams held %s, GOMEMLIMIT=%s: see `scale.png`.\n", r.Settings["cpuRate"], r.Settings["hold"], scaleMemLimit)
+		fmt.Fprintf(&b, "\nScale curves, each point at %.0f req/s offered in all, streams held %s, GOMEMLIMIT=%s; CPU per decision is the median of 3 rounds, idle CPU is measured over 2 s before them: see `scale.png`.\n", r.Settings["cpuRate"], r.Settings["hold"], scaleMemLimit)
 		for _, c := range r.Scale {
 			c.markdown(&b)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,17 +33,23 @@ type scalePoint struct {
 	CPUMicros       float64 `json:"cpuMicrosPerDecision"`
 	ValkeyCPUMicros float64 `json:"valkeyCpuMicrosPerDecision"`
 	ValkeyCmds      float64 `json:"valkeyCommandsPerDecision"`
-	RSSMiB          float64 `json:"rssMiBPerReplica"`
-	HeapMiB         float64 `json:"heapInuseMiBPerReplica"`
-	Decisions       uint64  `json:"decisions"`
-	Errors          uint64  `json:"errors"`
+	// Idle: CPU per replica per second with no requests (heartbeats,
+	// invalidations, probes, timers), measured just before the load.
+	IdleCPUMillis float64 `json:"idleCpuMillisPerSecondPerReplica"`
+	// GC cycles per 1 000 decisions, over the fleet.
+	GCPerThousand float64 `json:"gcCyclesPerThousandDecisions"`
+	RSSMiB        float64 `json:"rssMiBPerReplica"`
+	HeapMiB       float64 `json:"heapInuseMiBPerReplica"`
+	Decisions     uint64  `json:"decisions"`
+	Errors        uint64  `json:"errors"`
 }
 
-// fixedLoad offers b.o.cpuRate req/s in all, split evenly over srvs, for
-// b.o.duration, and measures the fleet and Valkey around it. Valkey
-// commands named in notOurs (the bench's own writes) are not counted.
+// fixedLoad measures the fleet srvs idle, then under b.o.cpuRate req/s
+// in all, split evenly over them, for scaleRounds rounds of b.o.duration:
+// CPU per decision is the median round's, the rest sums or averages
+// over all rounds. Valkey commands named in notOurs (the bench's own
+// writes) are not counted.
 func (b *bench) fixedLoad(ctx context.Context, srvs []*server, next func(i uint64) loadgen.Request, notOurs ...string) (scalePoint, error) {
-	var cpu0, cpu1 time.Duration
 	fleetCPU := func() (d time.Duration) {
 		for _, s := range srvs {
 			c, _ := cpuTime(s.pid())
@@ -52,12 +57,62 @@ func (b *bench) fixedLoad(ctx context.Context, srvs []*server, next func(i uint6
 		}
 		return d
 	}
-	cpu0 = fleetCPU()
+	gcs := func() (n float64) {
+		for _, s := range srvs {
+			n += metric(s.metrics, "go_gc_duration_seconds_count")
+		}
+		return n
+	}
+	var p scalePoint
+	idle0 := fleetCPU()
+	const idle = 2 * time.Second
+	select {
+	case <-time.After(idle):
+	case <-ctx.Done():
+		return p, ctx.Err()
+	}
+	p.IdleCPUMillis = float64((fleetCPU() - idle0).Milliseconds()) / idle.Seconds() / float64(len(srvs))
+	gc0 := gcs()
 	vcpu0, _ := cpuTime(b.valkey.Pid())
 	cmds0, err := b.commands(ctx, notOurs...)
 	if err != nil {
-		return scalePoint{}, err
+		return p, err
 	}
+	var perRound []float64
+	for range b.scaleRounds() {
+		cpu0, sent0 := fleetCPU(), p.Decisions
+		if err := b.offer(ctx, srvs, next, &p); err != nil {
+			return p, err
+		}
+		perRound = append(perRound, float64((fleetCPU()-cpu0).Microseconds())/float64(max(p.Decisions-sent0, 1)))
+	}
+	vcpu1, _ := cpuTime(b.valkey.Pid())
+	cmds1, err := b.commands(ctx, notOurs...)
+	if err != nil {
+		return p, err
+	}
+	n := float64(max(p.Decisions, 1))
+	p.CPUMicros = median(perRound)
+	p.GCPerThousand = (gcs() - gc0) * 1000 / n
+	p.ValkeyCPUMicros = float64((vcpu1 - vcpu0).Microseconds()) / n
+	p.ValkeyCmds = float64(cmds1-cmds0) / n
+	for _, s := range srvs {
+		r, _ := rss(s.pid())
+		p.RSSMiB += float64(r) / (1 << 20) / float64(len(srvs))
+		p.HeapMiB += heapInuse(s.metrics) / (1 << 20) / float64(len(srvs))
+	}
+	return p, nil
+}
+
+func (b *bench) scaleRounds() int {
+	if b.o.quick {
+		return 1
+	}
+	return 3
+}
+
+// offer runs one round of the fixed load over srvs, adding to p's counts.
+func (b *bench) offer(ctx context.Context, srvs []*server, next func(i uint64) loadgen.Request, p *scalePoint) error {
 	results := make([]*loadgen.Result, len(srvs))
 	errs := make([]error, len(srvs))
 	var wg sync.WaitGroup
@@ -68,30 +123,14 @@ func (b *bench) fixedLoad(ctx context.Context, srvs []*server, next func(i uint6
 		})
 	}
 	wg.Wait()
-	cpu1 = fleetCPU()
-	vcpu1, _ := cpuTime(b.valkey.Pid())
-	cmds1, err := b.commands(ctx, notOurs...)
-	if err != nil {
-		return scalePoint{}, err
-	}
-	var p scalePoint
 	for i, r := range results {
 		if errs[i] != nil {
-			return scalePoint{}, errs[i]
+			return errs[i]
 		}
 		p.Decisions += r.Sent
 		p.Errors += r.Errors
 	}
-	n := float64(max(p.Decisions, 1))
-	p.CPUMicros = float64((cpu1 - cpu0).Microseconds()) / n
-	p.ValkeyCPUMicros = float64((vcpu1 - vcpu0).Microseconds()) / n
-	p.ValkeyCmds = float64(cmds1-cmds0) / n
-	for _, s := range srvs {
-		r, _ := rss(s.pid())
-		p.RSSMiB += float64(r) / (1 << 20) / float64(len(srvs))
-		p.HeapMiB += heapInuse(s.metrics) / (1 << 20) / float64(len(srvs))
-	}
-	return p, nil
+	return nil
 }
 
 // startScaled starts a coord-extproc for a scale point, with its metrics
@@ -110,9 +149,11 @@ func (b *bench) startScaled(ctx context.Context, name string, extra ...string) (
 	return s, nil
 }
 
-// warm resolves ids [from, to) once through s, closed loop.
+// warm resolves ids [from, to) once through s, closed loop, at a
+// concurrency the two cores here absorb: more only queues cold reads
+// behind each other until some miss the 150 ms decision budget.
 func (b *bench) warm(ctx context.Context, s *server, from, to int, id func(i int) string) error {
-	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtAuthz, Target: s.addr, Conns: b.o.conns, Concurrency: 128,
+	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtAuthz, Target: s.addr, Conns: b.o.conns, Concurrency: 32,
 		Duration: 10 * time.Minute, MaxRequests: uint64(to - from),
 		Next: func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(from+int(i))) }})
 	if err != nil {
@@ -190,178 +231,23 @@ func (b *bench) heartbeats(ctx context.Context, prefix string, n int) (stop func
 	return stop, nil
 }
 
-// scaleCurves measures the three curves.
-func (b *bench) scaleCurves(ctx context.Context, rep *report) error {
-	for _, curve := range []func(context.Context) (*scaleCurve, error){b.destinationCurve, b.podCurve, b.replicaCurve} {
-		c, err := curve(ctx)
-		if err != nil {
-			return err
-		}
-		rep.Scale = append(rep.Scale, c)
-	}
-	return nil
-}
-
-func (b *bench) scalePoint(c *scaleCurve, x int, p scalePoint) {
-	p.X = x
-	c.Points = append(c.Points, p)
-	fmt.Fprintf(b.log, "bench: scale %s %d: %.1f µs/decision (Valkey %.1f µs, %.4f cmds), RSS %.0f MiB, errors %d\n",
-		c.Name, x, p.CPUMicros, p.ValkeyCPUMicros, p.ValkeyCmds, p.RSSMiB, p.Errors)
-}
-
-// destinationCurve caches ever more destinations in one coord-extproc
-// and measures each size with requests spread over all of them.
-func (b *bench) destinationCurve(ctx context.Context) (*scaleCurve, error) {
-	sizes := []int{10_000, 30_000, 100_000, 300_000, 1_000_000}
-	if b.o.quick {
-		sizes = []int{500, 2000}
-	}
-	c := &scaleCurve{Name: "destinations", X: "cached destinations", What: "one coord-extproc, 5 pods, requests spread over every cached destination"}
-	const prefix = "scale-dest"
-	if err := b.seedPods(ctx, prefix, 5); err != nil {
-		return nil, err
-	}
-	last := sizes[len(sizes)-1]
-	s, err := b.startScaled(ctx, "coord-extproc-scale-destinations", "--key-prefix", prefix, "--cache-size", fmt.Sprint(last+last/10))
-	if err != nil {
-		return nil, err
-	}
-	defer s.stop()
-	id := func(i int) string { return fmt.Sprintf("d-%d", i) }
-	done := 0
-	for _, n := range sizes {
-		fmt.Fprintf(b.log, "bench: scale destinations: caching %d\n", n)
-		if err := b.seedDests(ctx, prefix, "d", done, n, func(i int) string { return fmt.Sprintf("pod-%d", i%5) }); err != nil {
-			return nil, err
-		}
-		if err := b.warm(ctx, s, done, n, id); err != nil {
-			return nil, err
-		}
-		done = n
-		p, err := b.fixedLoad(ctx, []*server{s}, func(i uint64) loadgen.Request {
-			return byHeader("x-destination-id", id(int(spread(i, n))))
-		})
-		if err != nil {
-			return nil, err
-		}
-		b.scalePoint(c, n, p)
-	}
-	return c, nil
-}
-
-// podCurve runs ever more heartbeating pods (real registry.Members, one
-// heartbeat a second each) under 10 000 cached destinations.
-func (b *bench) podCurve(ctx context.Context) (*scaleCurve, error) {
-	pods, dests := []int{5, 50, 200, 1000}, 10_000
-	if b.o.quick {
-		pods, dests = []int{5, 20}, 500
-	}
-	c := &scaleCurve{Name: "pods", X: "pods heartbeating every second", What: fmt.Sprintf("one coord-extproc, %d destinations spread over the pods", dests)}
-	for _, n := range pods {
-		prefix := fmt.Sprintf("scale-pods-%d", n)
-		stop, err := b.heartbeats(ctx, prefix, n)
-		if err != nil {
-			return nil, err
-		}
-		p, err := b.podPoint(ctx, prefix, n, dests)
-		stop()
-		if err != nil {
-			return nil, err
-		}
-		b.scalePoint(c, n, p)
-	}
-	return c, nil
-}
-
-func (b *bench) podPoint(ctx context.Context, prefix string, pods, dests int) (scalePoint, error) {
-	if err := b.seedDests(ctx, prefix, "d", 0, dests, func(i int) string { return fmt.Sprintf("pod-%d", i%pods) }); err != nil {
-		return scalePoint{}, err
-	}
-	time.Sleep(1500 * time.Millisecond) // every pod registered (they start within a second)
-	s, err := b.startScaled(ctx, "coord-extproc-scale-pods", "--key-prefix", prefix)
-	if err != nil {
-		return scalePoint{}, err
-	}
-	defer s.stop()
-	id := func(i int) string { return fmt.Sprintf("d-%d", i) }
-	if err := b.warm(ctx, s, 0, dests, id); err != nil {
-		return scalePoint{}, err
-	}
-	time.Sleep(time.Second) // a full round of heartbeats against a warm cache
-	return b.fixedLoad(ctx, []*server{s}, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
-		heartbeatCommands...)
-}
-
-// heartbeatCommands are what a pod's heartbeat runs (the script and the
-// commands inside it): the pods' traffic, not the coordinator's.
-var heartbeatCommands = []string{"evalsha", "eval", "hexists", "hset", "pexpire"}
-
-// replicaCurve shares one Valkey between ever more coord-extproc replicas,
-// the same total load split among them, while bindings change at a steady
-// rate: each write is an invalidation for every replica caching the key.
-func (b *bench) replicaCurve(ctx context.Context) (*scaleCurve, error) {
-	replicas, dests := []int{1, 2, 4, 8}, 10_000
-	if b.o.quick {
-		replicas, dests = []int{1, 2}, 500
-	}
-	const writesPerSecond = 100
-	c := &scaleCurve{Name: "replicas", X: "coord-extproc replicas", What: fmt.Sprintf("%d destinations on 5 pods, the fixed load split over the replicas, %d binding writes/s", dests, writesPerSecond)}
-	const prefix = "scale-rep"
-	if err := b.seedPods(ctx, prefix, 5); err != nil {
-		return nil, err
-	}
-	if err := b.seedDests(ctx, prefix, "d", 0, dests, func(i int) string { return fmt.Sprintf("pod-%d", i%5) }); err != nil {
-		return nil, err
-	}
-	id := func(i int) string { return fmt.Sprintf("d-%d", i) }
-	for _, n := range replicas {
-		p, err := b.replicaPoint(ctx, prefix, n, dests, writesPerSecond, id)
-		if err != nil {
-			return nil, err
-		}
-		b.scalePoint(c, n, p)
-	}
-	return c, nil
-}
-
-func (b *bench) replicaPoint(ctx context.Context, prefix string, n, dests, writes int, id func(int) string) (scalePoint, error) {
-	var fleet []*server
-	defer func() {
-		for _, s := range fleet {
-			s.stop()
-		}
-	}()
-	for r := range n {
-		s, err := b.startScaled(ctx, fmt.Sprintf("coord-extproc-scale-replica-%d", r), "--key-prefix", prefix)
-		if err != nil {
-			return scalePoint{}, err
-		}
-		fleet = append(fleet, s)
-		if err := b.warm(ctx, s, 0, dests, id); err != nil {
-			return scalePoint{}, err
-		}
-	}
-	wctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { b.churnBindings(wctx, prefix, dests, writes, id) })
-	defer func() { stop(); wg.Wait() }()
-	return b.fixedLoad(ctx, fleet, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
-		"sadd", "srem") // the writer's
-}
-
 // churnBindings adds and removes a second pod on destinations, writes per
 // second, until ctx ends.
 func (b *bench) churnBindings(ctx context.Context, prefix string, dests, writes int, id func(int) string) {
 	t := time.NewTicker(time.Second / time.Duration(writes))
 	defer t.Stop()
 	c := b.client
+	rnd := rand.New(rand.NewPCG(1, 2))
+	d := 0
 	for i := 0; ; i++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		d := int(spread(uint64(i/2), dests))
+		if i%2 == 0 { // independent of the order requests visit destinations in
+			d = rnd.IntN(dests)
+		}
 		key, extra := fmt.Sprintf("%s:destination:%s", prefix, id(d)), fmt.Sprintf("pod-%d", (d+1)%5)
 		cmd := c.B().Sadd().Key(key).Member(extra).Build()
 		if i%2 == 1 {
@@ -370,34 +256,5 @@ func (b *bench) churnBindings(ctx context.Context, prefix string, dests, writes 
 		wctx, cancel := context.WithTimeout(ctx, time.Second)
 		_ = c.Do(wctx, cmd).Error()
 		cancel()
-	}
-}
-
-// flatUntil is the last x whose cost is within 20 % of the first point's
-// (the curve is flat up to there).
-func (c *scaleCurve) flatUntil() (x int, worst float64) {
-	if len(c.Points) == 0 {
-		return 0, 0
-	}
-	base := c.Points[0].CPUMicros
-	x = c.Points[0].X
-	flat := true
-	for _, p := range c.Points {
-		worst = max(worst, p.CPUMicros/max(base, 0.001))
-		if flat && p.CPUMicros <= 1.2*base {
-			x = p.X
-		} else {
-			flat = false
-		}
-	}
-	return x, worst
-}
-
-func (c *scaleCurve) markdown(b *strings.Builder) {
-	x, worst := c.flatUntil()
-	fmt.Fprintf(b, "\n**Against %s** (%s): CPU per decision within 20 %% of the first point up to %d; at most %.2f× it.\n\n", c.X, c.What, x, worst)
-	fmt.Fprintf(b, "| %s | coord-extproc CPU µs/decision | valkey-server CPU µs/decision (all clients) | coordinators' Valkey cmds/decision | RSS MiB (per replica) | Go heap MiB | decisions | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n", c.X)
-	for _, p := range c.Points {
-		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.4f | %.0f | %.0f | %d | %d |\n", p.X, p.CPUMicros, p.ValkeyCPUMicros, p.ValkeyCmds, p.RSSMiB, p.HeapMiB, p.Decisions, p.Errors)
 	}
 }
