@@ -247,18 +247,35 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 			fmt.Fprintf(b.log, "bench: round %d %-24s %8.0f req/s  errors %d %v\n", r+1, sc.name, res.Throughput, res.Errors, res.ErrorKinds)
 		}
 	}
-	// Latency at half the ceiling's saturation throughput, interleaved.
+	// Latency at half the ceiling's saturation throughput, interleaved;
+	// the ceiling and the cached scenario in extra paired rounds too, for
+	// the p99 target (a median of paired ratios, like the CPU one: one
+	// round's p99 moves a lot on a shared 2-core machine).
 	rate := rep.Scenarios[0].Throughput / 2
 	rep.OfferedRate = rate
-	for r := 0; r < b.o.rounds; r++ {
-		for _, sc := range b.scenarios {
+	p99 := &pairedResult{Rate: rate, Duration: b.o.duration.String()}
+	for r := 0; r < max(b.o.rounds, b.o.cpuRounds); r++ {
+		scs := b.scenarios
+		if r >= b.o.rounds {
+			scs = b.scenarios[:2]
+		}
+		var pair [2]float64
+		for i, sc := range scs {
 			res, _, _, err := b.load(ctx, sc, rate, b.o.duration)
 			if err != nil {
 				return nil, err
 			}
-			rep.addLatency(sc, res)
+			if r < b.o.rounds {
+				rep.addLatency(sc, res)
+			}
+			if i < 2 {
+				pair[i] = us(res.Latency.Quantile(.99))
+			}
 		}
+		p99.Rounds = append(p99.Rounds, pairRound{Ceiling: pair[0], Coord: pair[1], Ratio: pair[1] / max(pair[0], 1)})
 	}
+	p99.finish()
+	rep.PairedP99 = p99
 	// Latency against offered load, ceiling and cached, for the plot.
 	for _, f := range []float64{0.1, 0.25, 0.5, 0.75, 0.9} {
 		for _, sc := range b.scenarios[:2] {

@@ -25,6 +25,7 @@ type report struct {
 	Targets     []target          `json:"targets"`
 	Micro       []microResult     `json:"micro,omitempty"`
 	Paired      *pairedResult     `json:"cpuPerDecision,omitempty"`
+	PairedP99   *pairedResult     `json:"p99AtHalfLoad,omitempty"`
 	Scale       []*scaleCurve     `json:"scale,omitempty"`
 
 	index map[string]*scenarioResult
@@ -196,8 +197,10 @@ func (r *report) finish() {
 	}
 	ratio := cached.Throughput / ceil.Throughput
 	r.Targets = append(r.Targets, target{"scenario 2 saturation throughput ≥ 1.25 × the ceiling's", fmt.Sprintf("%.2f×", ratio), ratio >= 1.25})
-	p99 := cached.Latency["p99"] / max(ceil.Latency["p99"], 1)
-	r.Targets = append(r.Targets, target{"scenario 2 p99 at 50% load ≤ the ceiling's", fmt.Sprintf("%.2f×", p99), p99 <= 1})
+	if p := r.PairedP99; p != nil {
+		r.Targets = append(r.Targets, target{fmt.Sprintf("scenario 2 p99 at 50%% load ≤ the ceiling's (median of %d paired rounds; all rounds merged: %.2f×)", len(p.Rounds), cached.Latency["p99"]/max(ceil.Latency["p99"], 1)),
+			fmt.Sprintf("%.2f× (%s vs %s)", p.MedianRatio, fmtUS(p.MedianCoord), fmtUS(p.MedianCeiling)), p.MedianRatio <= 1})
+	}
 	for _, n := range []string{"2-cached", "3-fanout-least-loaded", "4-locks", "6-ext-authz-cached"} {
 		if s := r.index[n]; s != nil {
 			r.Targets = append(r.Targets, target{n + ": 0 Valkey commands per request in steady state", fmt.Sprintf("%.4f", s.ValkeyCmdsPerReq), s.ValkeyCmdsPerReq < 0.001})
@@ -238,6 +241,13 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s — %s | %.0f | %s | %s | %s | %s | %s | %.1f | %.3f | %s |\n", s.Name, s.What, s.Throughput, vs,
 			fmtUS(s.Latency["p50"]), fmtUS(s.Latency["p90"]), fmtUS(s.Latency["p99"]), fmtUS(s.Latency["p99.9"]), s.CPUMicrosPerReq, s.ValkeyCmdsPerReq, errs)
+	}
+	if p := r.PairedP99; p != nil {
+		b.WriteString("\np99 at 50 % load in paired rounds (ceiling → coord-extproc):")
+		for _, rd := range p.Rounds {
+			fmt.Fprintf(&b, " %s → %s (%.2f×);", fmtUS(rd.Ceiling), fmtUS(rd.Coord), rd.Ratio)
+		}
+		fmt.Fprintf(&b, " median ratio %.2f×.\n", p.MedianRatio)
 	}
 	if m := r.Memory; m != nil {
 		fmt.Fprintf(&b, "\nMemory: %d destinations cached (%d resolved in %s), GOMEMLIMIT=%s: RSS %.0f MiB (%.0f MiB before), Go heap in use %.0f MiB.\n",
