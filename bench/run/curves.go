@@ -58,7 +58,7 @@ func (b *bench) destinationCurve(ctx context.Context) (*scaleCurve, error) {
 			return nil, err
 		}
 		done = n
-		p, err := b.fixedLoad(ctx, []*server{s}, func(i uint64) loadgen.Request {
+		p, err := b.fixedLoad(ctx, []*server{s}, b.o.cpuRate, func(i uint64) loadgen.Request {
 			return byHeader("x-destination-id", id(int(spread(i, n))))
 		})
 		if err != nil {
@@ -108,7 +108,7 @@ func (b *bench) podPoint(ctx context.Context, prefix string, pods, dests int) (s
 		return scalePoint{}, err
 	}
 	time.Sleep(time.Second) // a full round of heartbeats against a warm cache
-	return b.fixedLoad(ctx, []*server{s}, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
+	return b.fixedLoad(ctx, []*server{s}, b.o.cpuRate, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
 		heartbeatCommands...)
 }
 
@@ -135,16 +135,27 @@ func (b *bench) replicaCurve(ctx context.Context) (*scaleCurve, error) {
 	}
 	id := func(i int) string { return fmt.Sprintf("d-%d", i) }
 	for _, n := range replicas {
-		p, err := b.replicaPoint(ctx, prefix, n, dests, writesPerSecond, id)
+		p, err := b.replicaPoint(ctx, prefix, n, dests, writesPerSecond, id, b.o.cpuRate)
 		if err != nil {
 			return nil, err
 		}
 		b.scalePoint(c, n, p)
 	}
+	// The control: one replica alone at the share each of the most
+	// replicas serves. Near the last point, the rise is the lower rate
+	// per process (each request pays its own wake-ups, the per-second
+	// work is spread over fewer requests), not the sharing.
+	last := replicas[len(replicas)-1]
+	ctrl, err := b.replicaPoint(ctx, prefix, 1, dests, writesPerSecond, id, b.o.cpuRate/float64(last))
+	if err != nil {
+		return nil, err
+	}
+	c.Control, c.ControlWhat = &ctrl, fmt.Sprintf("one replica alone at %.0f req/s, the share each of %d replicas serves", b.o.cpuRate/float64(last), last)
+	fmt.Fprintf(b.log, "bench: scale replicas control (%s): %.1f µs/decision\n", c.ControlWhat, ctrl.CPUMicros)
 	return c, nil
 }
 
-func (b *bench) replicaPoint(ctx context.Context, prefix string, n, dests, writes int, id func(int) string) (scalePoint, error) {
+func (b *bench) replicaPoint(ctx context.Context, prefix string, n, dests, writes int, id func(int) string, rate float64) (scalePoint, error) {
 	var fleet []*server
 	defer func() {
 		for _, s := range fleet {
@@ -165,7 +176,7 @@ func (b *bench) replicaPoint(ctx context.Context, prefix string, n, dests, write
 	var wg sync.WaitGroup
 	wg.Go(func() { b.churnBindings(wctx, prefix, dests, writes, id) })
 	defer func() { stop(); wg.Wait() }()
-	return b.fixedLoad(ctx, fleet, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
+	return b.fixedLoad(ctx, fleet, rate, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
 		"sadd", "srem") // the writer's
 }
 
@@ -195,5 +206,8 @@ func (c *scaleCurve) markdown(b *strings.Builder) {
 	fmt.Fprintf(b, "| %s | coord-extproc CPU µs/decision | idle CPU ms/s per replica | GC cycles per 1000 decisions | valkey-server CPU µs/decision (all clients) | coordinators' Valkey cmds/decision | RSS MiB (per replica) | Go heap MiB | decisions | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", c.X)
 	for _, p := range c.Points {
 		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.2f | %.1f | %.4f | %.0f | %.0f | %d | %d |\n", p.X, p.CPUMicros, p.IdleCPUMillis, p.GCPerThousand, p.ValkeyCPUMicros, p.ValkeyCmds, p.RSSMiB, p.HeapMiB, p.Decisions, p.Errors)
+	}
+	if p := c.Control; p != nil {
+		fmt.Fprintf(b, "\nControl, %s: %.1f µs per decision, idle %.1f ms/s.\n", c.ControlWhat, p.CPUMicros, p.IdleCPUMillis)
 	}
 }

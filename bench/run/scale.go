@@ -25,6 +25,9 @@ type scaleCurve struct {
 	X      string       `json:"x"`
 	What   string       `json:"what"`
 	Points []scalePoint `json:"points"`
+	// Control is a point that separates two causes (see replicaCurve).
+	Control     *scalePoint `json:"control,omitempty"`
+	ControlWhat string      `json:"controlWhat,omitempty"`
 }
 
 type scalePoint struct {
@@ -44,12 +47,11 @@ type scalePoint struct {
 	Errors        uint64  `json:"errors"`
 }
 
-// fixedLoad measures the fleet srvs idle, then under b.o.cpuRate req/s
-// in all, split evenly over them, for scaleRounds rounds of b.o.duration:
+// fixedLoad measures the fleet srvs idle, then under rate req/s in all, split evenly over them, for scaleRounds rounds of b.o.duration:
 // CPU per decision is the median round's, the rest sums or averages
 // over all rounds. Valkey commands named in notOurs (the bench's own
 // writes) are not counted.
-func (b *bench) fixedLoad(ctx context.Context, srvs []*server, next func(i uint64) loadgen.Request, notOurs ...string) (scalePoint, error) {
+func (b *bench) fixedLoad(ctx context.Context, srvs []*server, rate float64, next func(i uint64) loadgen.Request, notOurs ...string) (scalePoint, error) {
 	fleetCPU := func() (d time.Duration) {
 		for _, s := range srvs {
 			c, _ := cpuTime(s.pid())
@@ -81,7 +83,7 @@ func (b *bench) fixedLoad(ctx context.Context, srvs []*server, next func(i uint6
 	var perRound []float64
 	for range b.scaleRounds() {
 		cpu0, sent0 := fleetCPU(), p.Decisions
-		if err := b.offer(ctx, srvs, next, &p); err != nil {
+		if err := b.offer(ctx, srvs, rate, next, &p); err != nil {
 			return p, err
 		}
 		perRound = append(perRound, float64((fleetCPU()-cpu0).Microseconds())/float64(max(p.Decisions-sent0, 1)))
@@ -112,14 +114,14 @@ func (b *bench) scaleRounds() int {
 }
 
 // offer runs one round of the fixed load over srvs, adding to p's counts.
-func (b *bench) offer(ctx context.Context, srvs []*server, next func(i uint64) loadgen.Request, p *scalePoint) error {
+func (b *bench) offer(ctx context.Context, srvs []*server, rate float64, next func(i uint64) loadgen.Request, p *scalePoint) error {
 	results := make([]*loadgen.Result, len(srvs))
 	errs := make([]error, len(srvs))
 	var wg sync.WaitGroup
 	for i, s := range srvs {
 		wg.Go(func() {
 			results[i], errs[i] = loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtProc, Target: s.addr, Conns: b.o.conns, Concurrency: b.o.concurrency,
-				Rate: b.o.cpuRate / float64(len(srvs)), Duration: b.o.duration, Next: next, Hold: b.o.hold})
+				Rate: rate / float64(len(srvs)), Duration: b.o.duration, Next: next, Hold: b.o.hold})
 		})
 	}
 	wg.Wait()
