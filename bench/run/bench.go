@@ -61,19 +61,23 @@ func newBench(ctx context.Context, o options, work string, log io.Writer) (*benc
 		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
 		return append(args, strings.Fields(o.coordArgs)...)
 	}
+	// coord-extproc runs as the Kubernetes manifest runs it, under a
+	// memory limit; the ceiling with Go's defaults, as a naive peer.
+	manifest := []string{"GOMEMLIMIT=" + manifestMemLimit}
 	steps := []struct {
 		dst  **server
 		name string
 		bin  string
+		env  []string
 		args []string
 	}{
-		{&b.ceiling, "ceiling", o.ceilingBin, nil},
-		{&b.coord, "coord-extproc", o.coordBin, coordArgs()},
-		{&b.coordLL, "coord-extproc-least-loaded", o.coordBin, coordArgs("--strategy", "least-loaded")},
-		{&b.coordCold, "coord-extproc-cold", o.coordBin, coordArgs()},
+		{&b.ceiling, "ceiling", o.ceilingBin, nil, nil},
+		{&b.coord, "coord-extproc", o.coordBin, manifest, coordArgs()},
+		{&b.coordLL, "coord-extproc-least-loaded", o.coordBin, manifest, coordArgs("--strategy", "least-loaded")},
+		{&b.coordCold, "coord-extproc-cold", o.coordBin, manifest, coordArgs()},
 	}
 	for _, s := range steps {
-		if *s.dst, err = startServer(ctx, work, s.name, s.bin, s.args...); err != nil {
+		if *s.dst, err = startServerEnv(ctx, work, s.name, s.bin, s.env, s.args...); err != nil {
 			b.close()
 			return nil, err
 		}

@@ -217,7 +217,7 @@ func (r *report) finish() {
 func (r *report) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## coord-extproc benchmark, %s\n\n", r.Date)
-	fmt.Fprintf(&b, "Machine: %s, %s CPUs, %s, %s, %s. Load generator and servers share the machine (loopback). The client is Envoy-shaped at the wire (request headers without half-close, the stream held, then END_STREAM + RST_STREAM(CANCEL)); the ceiling is a do-nothing server with grpc-go's default settings, standing for any default-settings peer.\n\n", r.Machine["cpu"], r.Machine["cpus"], r.Machine["os"], r.Machine["go"], r.Machine["valkey"])
+	fmt.Fprintf(&b, "Machine: %s, %s CPUs, %s, %s, %s. Load generator and servers share the machine (loopback). The client is Envoy-shaped at the wire (request headers without half-close, the stream held, then END_STREAM + RST_STREAM(CANCEL)); the ceiling is a do-nothing server with grpc-go's default settings, standing for any default-settings peer. coord-extproc runs as the Kubernetes manifest runs it (GOMEMLIMIT=%s), the ceiling with Go's defaults.\n\n", r.Machine["cpu"], r.Machine["cpus"], r.Machine["os"], r.Machine["go"], r.Machine["valkey"], manifestMemLimit)
 	if p := r.Paired; p != nil {
 		fmt.Fprintf(&b, "**Server CPU per cached decision: %.2f × the ceiling's** (median of %d paired, interleaved rounds at %.0f req/s offered, each stream held %s: coord-extproc %.1f µs, ceiling %.1f µs).\n\n| round | ceiling µs | coord-extproc µs | ratio |\n|---:|---:|---:|---:|\n",
 			p.MedianRatio, len(p.Rounds), p.Rate, p.Hold, p.MedianCoord, p.MedianCeiling)
@@ -260,7 +260,7 @@ func (r *report) markdown() string {
 		}
 	}
 	if len(r.Scale) > 0 {
-		fmt.Fprintf(&b, "\nScale curves, each point at %.0f req/s offered in all, streams held %s, GOMEMLIMIT=%s; CPU per decision is the median of 3 rounds, idle CPU is measured over 2 s before them: see `scale.png`.\n", r.Settings["cpuRate"], r.Settings["hold"], scaleMemLimit)
+		fmt.Fprintf(&b, "\nScale curves, each point at %.0f req/s offered in all, streams held %s, GOMEMLIMIT=%s; CPU per decision is the median of 3 rounds, idle CPU is measured over 2 s before them: see `scale.png`.\n", r.Settings["cpuRate"], r.Settings["hold"], manifestMemLimit)
 		for _, c := range r.Scale {
 			c.markdown(&b)
 		}

@@ -17,8 +17,8 @@ import (
 // the fleet of pods and the fleet of coordinators grow. Every point is
 // measured at the same fixed offered load (--cpu-rate, streams held like
 // the paired CPU rounds), on coord-extproc run as the Kubernetes manifest
-// runs it (GOMEMLIMIT from its 512Mi limit).
-const scaleMemLimit = "512MiB"
+// runs it (GOMEMLIMIT from its 512Mi limit), as in every scenario.
+const manifestMemLimit = "512MiB"
 
 type scaleCurve struct {
 	Name   string       `json:"name"`
@@ -143,7 +143,7 @@ func (b *bench) startScaled(ctx context.Context, name string, extra ...string) (
 		return nil, err
 	}
 	args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", metrics, "--log-level", "warn"}, extra...)
-	s, err := startServerEnv(ctx, b.work, name, b.o.coordBin, []string{"GOMEMLIMIT=" + scaleMemLimit}, args...)
+	s, err := startServerEnv(ctx, b.work, name, b.o.coordBin, []string{"GOMEMLIMIT=" + manifestMemLimit}, args...)
 	if err != nil {
 		return nil, err
 	}

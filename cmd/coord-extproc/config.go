@@ -70,7 +70,6 @@ func defaultConfig() Config {
 		ShutdownGrace:    15 * time.Second,
 		MaxConnectionAge: 5 * time.Minute,
 		GRPCWindow:       defaultGRPCWindow,
-		GCPercent:        defaultGCPercent,
 	}
 }
 
@@ -131,7 +130,7 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
 		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},
-		{"gc-percent", "COORD_GC_PERCENT", "Go GC target (GOGC) when GOGC is not set; memory is bounded by GOMEMLIMIT, which should be set (the Kubernetes manifest sets it from the memory limit); -1: Go's default",
+		{"gc-percent", "COORD_GC_PERCENT", "Go GC target (GOGC) when GOGC is not set; 0: 2000 under a memory limit (GOMEMLIMIT, which the Kubernetes manifest sets from the memory limit), else 400; -1: Go's default",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GCPercent, n, c.GCPercent, u) }},
 	}, c.registryFlags()...)
 }
@@ -220,8 +219,8 @@ func (c *Config) Validate() error {
 	if c.GRPCWindow != 0 && c.GRPCWindow < 64<<10 || c.GRPCWindow > 1<<30 {
 		errs = append(errs, fmt.Errorf("--grpc-window %d: 0 (dynamic) or from 65536 to 1 GiB", c.GRPCWindow))
 	}
-	if c.GCPercent < -1 || c.GCPercent == 0 {
-		errs = append(errs, fmt.Errorf("--gc-percent %d: -1 (Go's default) or positive", c.GCPercent))
+	if c.GCPercent < -1 {
+		errs = append(errs, fmt.Errorf("--gc-percent %d: 0 (automatic), -1 (Go's default) or positive", c.GCPercent))
 	}
 	if c.MaxSetMembers <= 0 {
 		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -17,7 +18,13 @@ import (
 // defaults with an Envoy-shaped client.
 const (
 	defaultGRPCWindow = 1 << 20 // static: no BDP pings, no per-request WINDOW_UPDATE
-	defaultGCPercent  = 400     // GC cost ~17 % → ~7 % of a decision; GOMEMLIMIT bounds memory
+	// GC targets of --gc-percent 0 (automatic). 400 cut the GC's share of
+	// a decision from ~17 % to ~7 %. Under a memory limit, 2000: a GC mark
+	// stalls the decisions in flight for a few milliseconds, which is the
+	// p99 at moderate load (p99 at 20 000 req/s 0.73× that of 400, CPU
+	// 0.98×), and the limit, not the percentage, then bounds the heap.
+	gcPercentUnbounded = 400
+	gcPercentBounded   = 2000
 	// Streams arrive in bursts (one read holds many HEADERS frames); one
 	// that finds no idle worker starts a goroutine whose stack then grows
 	// (~10 % of CPU at saturation with 4 per CPU). Idle workers cost a
@@ -60,8 +67,22 @@ func grpcOptions(cfg Config, codec extproc.Codec) []grpc.ServerOption {
 
 // applyGC sets the GC target unless the operator set GOGC.
 func applyGC(cfg Config) {
-	if _, set := os.LookupEnv("GOGC"); set || cfg.GCPercent == -1 {
-		return
+	_, gogc := os.LookupEnv("GOGC")
+	if pct := gcPercent(cfg.GCPercent, gogc, debug.SetMemoryLimit(-1)); pct > 0 {
+		debug.SetGCPercent(pct)
 	}
-	debug.SetGCPercent(cfg.GCPercent)
+}
+
+// gcPercent is the GC target to set (0: leave Go's) for --gc-percent
+// flag, whether GOGC is set and the memory limit in effect.
+func gcPercent(flag int, gogc bool, memLimit int64) int {
+	switch {
+	case gogc || flag == -1:
+		return 0
+	case flag > 0:
+		return flag
+	case memLimit < math.MaxInt64:
+		return gcPercentBounded
+	}
+	return gcPercentUnbounded
 }
