@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.scale, "scale", true, "measure the scale curves (destinations, pods, replicas)")
 	fs.BoolVar(&o.scaleOnly, "scale-only", false, "only the scale curves")
 	fs.Float64Var(&o.cpuRate, "cpu-rate", 3000, "offered req/s for the paired CPU-per-decision rounds")
-	fs.IntVar(&o.cpuRounds, "cpu-rounds", 7, "paired, interleaved rounds of the CPU measurement (median reported)")
+	fs.IntVar(&o.cpuRounds, "cpu-rounds", 11, "paired, interleaved rounds of the CPU and p99 measurements (median reported)")
 	fs.StringVar(&o.coordArgs, "coord-args", "", "extra coord-extproc flags (space-separated), e.g. to measure a setting's effect")
 	fs.DurationVar(&o.hold, "hold", 2*time.Millisecond, "how long each ext_proc stream is held after its answer (the upstream's work)")
 	if err := fs.Parse(args); err != nil {
