@@ -8,6 +8,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
@@ -41,7 +42,7 @@ func (Codec) Name() string { return gproto.Name }
 
 // Marshal sends a frozen message's encoding, else encodes v.
 func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
-	if c.frozen != nil {
+	if c.frozen != nil && freezable(v) {
 		if b, ok := c.frozen.m.Load(v); ok {
 			// A new one-element slice: gRPC owns the slice, the bytes are shared
 			// and only read (SliceBuffer's Free does nothing).
@@ -51,13 +52,14 @@ func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.std.Marshal(v)
 }
 
-// Freeze encodes m once and sends those bytes whenever m itself is sent.
+// Freeze encodes m (a ProcessingResponse or CheckResponse) once and sends
+// those bytes whenever m itself is sent.
 // The invariant callers keep: m is never changed after Freeze (every
 // frozen answer is a shared, immutable one). The set is bounded; past
 // maxFrozen it starts over, and an answer no longer in it is encoded
 // again as usual.
 func (c Codec) Freeze(m proto.Message) {
-	if c.frozen == nil {
+	if c.frozen == nil || !freezable(m) {
 		return
 	}
 	b, err := proto.Marshal(m)
@@ -69,6 +71,15 @@ func (c Codec) Freeze(m proto.Message) {
 		c.frozen.n.Store(1)
 	}
 	c.frozen.m.Store(m, mem.Buffer(mem.SliceBuffer(b)))
+}
+
+// freezable: the answers the server shares (pointers, so a set key).
+func freezable(v any) bool {
+	switch v.(type) {
+	case *extprocv3.ProcessingResponse, *authv3.CheckResponse:
+		return true
+	}
+	return false
 }
 
 // maxFrozen bounds the frozen set (twice the answer caches' bound: an
