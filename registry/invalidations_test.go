@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 )
@@ -59,7 +60,9 @@ func TestInvalidationsRaced(t *testing.T) {
 func TestHeartbeatsDoNotInvalidateOtherReads(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
-	r := newRegistry(t, srv, func(o *Options) { o.ProbeInterval = -1 })
+	// No expiry within the test, however slow the machine: every re-read
+	// counted below is one an invalidation caused.
+	r := newRegistry(t, srv, func(o *Options) { o.ProbeInterval, o.CacheTTL = -1, time.Minute })
 	const pods, dests = 50, 3000
 	for p := range pods {
 		nodeMember(t, c, "coordinator", fmt.Sprintf("m%d", p), 7000+p, 0)
