@@ -102,42 +102,21 @@ func (b *bench) close() {
 
 // seed writes pods, bindings and locks exactly as the pods would.
 func (b *bench) seed(ctx context.Context) error {
+	if err := b.seedPods(ctx, "coordinator", 5); err != nil {
+		return err
+	}
+	if err := b.seedDests(ctx, "coordinator", "dest", 0, b.sz.dests, func(i int) string { return fmt.Sprintf("pod-%d", i%5) }); err != nil {
+		return err
+	}
 	c := b.client
 	var cmds valkey.Commands
-	flush := func(force bool) error {
-		if len(cmds) < 5000 && !force {
-			return nil
-		}
-		for _, r := range c.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				return fmt.Errorf("seed: %w", err)
-			}
-		}
-		cmds = cmds[:0]
-		return nil
-	}
-	add := func(cmd valkey.Completed) error { cmds = append(cmds, cmd); return flush(false) }
-	for p := 0; p < 5; p++ {
-		id := fmt.Sprintf("pod-%d", p)
-		_ = add(c.B().Sadd().Key("coordinator:members").Member(id).Build())
-		_ = add(c.B().Hset().Key("coordinator:member:"+id).FieldValue().FieldValue("address", fmt.Sprintf("http://127.0.0.1:%d", 7000+p)).FieldValue("load", fmt.Sprint(p)).Build())
-	}
-	for i := 0; i < b.sz.dests; i++ {
-		if err := add(c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:dest-%d", i)).Member(fmt.Sprintf("pod-%d", i%5)).Build()); err != nil {
-			return err
-		}
-	}
 	for i := 0; i < b.sz.fanned; i++ {
-		if err := add(c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:fan-%d", i)).Member(fmt.Sprintf("pod-%d", i%5), fmt.Sprintf("pod-%d", (i+1)%5), fmt.Sprintf("pod-%d", (i+2)%5)).Build()); err != nil {
-			return err
-		}
+		cmds = append(cmds, c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:fan-%d", i)).Member(fmt.Sprintf("pod-%d", i%5), fmt.Sprintf("pod-%d", (i+1)%5), fmt.Sprintf("pod-%d", (i+2)%5)).Build())
 	}
 	for i := 0; i < b.sz.locks; i++ {
-		if err := add(c.B().Hset().Key(fmt.Sprintf("coordinator:lock:lock-%d", i)).FieldValue().FieldValue("podId", fmt.Sprintf("pod-%d", i%5)).FieldValue("destinationId", fmt.Sprintf("dest-%d", i%b.sz.dests)).Build()); err != nil {
-			return err
-		}
+		cmds = append(cmds, c.B().Hset().Key(fmt.Sprintf("coordinator:lock:lock-%d", i)).FieldValue().FieldValue("podId", fmt.Sprintf("pod-%d", i%5)).FieldValue("destinationId", fmt.Sprintf("dest-%d", i%b.sz.dests)).Build())
 	}
-	return flush(true)
+	return b.doAll(ctx, cmds)
 }
 
 func byHeader(header, id string) loadgen.Request {
@@ -271,6 +250,8 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 			}
 			if r < b.o.rounds {
 				rep.addLatency(sc, res)
+			} else {
+				rep.addErrors(sc, res)
 			}
 			if i < 2 {
 				pair[i] = us(res.Latency.Quantile(.99))
@@ -309,18 +290,8 @@ func (b *bench) measure(ctx context.Context) (*report, error) {
 func (b *bench) memory(ctx context.Context, rep *report) error {
 	n := b.o.memoryDests
 	fmt.Fprintf(b.log, "bench: caching %d destinations for the memory measurement\n", n)
-	c := b.client
-	cmds := make(valkey.Commands, 0, 10000)
-	for i := 0; i < n; i++ {
-		cmds = append(cmds, c.B().Sadd().Key(fmt.Sprintf("coordinator:destination:mem-%d", i)).Member(fmt.Sprintf("pod-%d", i%5)).Build())
-		if len(cmds) == cap(cmds) || i == n-1 {
-			for _, r := range c.DoMulti(ctx, cmds...) {
-				if err := r.Error(); err != nil {
-					return err
-				}
-			}
-			cmds = cmds[:0]
-		}
+	if err := b.seedDests(ctx, "coordinator", "mem", 0, n, func(i int) string { return fmt.Sprintf("pod-%d", i%5) }); err != nil {
+		return err
 	}
 	metrics, err := freeAddr()
 	if err != nil {

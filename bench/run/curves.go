@@ -22,7 +22,7 @@ func (b *bench) scaleCurves(ctx context.Context, rep *report) error {
 	return nil
 }
 
-func (b *bench) scalePoint(c *scaleCurve, x int, p scalePoint) {
+func (b *bench) addPoint(c *scaleCurve, x int, p scalePoint) {
 	p.X = x
 	c.Points = append(c.Points, p)
 	fmt.Fprintf(b.log, "bench: scale %s %d: %.1f µs/decision (Valkey %.1f µs, %.4f cmds), idle %.1f ms/s, %.2f GC/1000, RSS %.0f MiB, errors %d\n",
@@ -64,7 +64,7 @@ func (b *bench) destinationCurve(ctx context.Context) (*scaleCurve, error) {
 		if err != nil {
 			return nil, err
 		}
-		b.scalePoint(c, n, p)
+		b.addPoint(c, n, p)
 	}
 	return c, nil
 }
@@ -88,7 +88,7 @@ func (b *bench) podCurve(ctx context.Context) (*scaleCurve, error) {
 		if err != nil {
 			return nil, err
 		}
-		b.scalePoint(c, n, p)
+		b.addPoint(c, n, p)
 	}
 	return c, nil
 }
@@ -139,7 +139,7 @@ func (b *bench) replicaCurve(ctx context.Context) (*scaleCurve, error) {
 		if err != nil {
 			return nil, err
 		}
-		b.scalePoint(c, n, p)
+		b.addPoint(c, n, p)
 	}
 	// The control: one replica alone at the share each of the most
 	// replicas serves. Near the last point, the rise is the lower rate

@@ -156,10 +156,7 @@ func (r *report) addSaturation(sc *scenario, res *loadgen.Result, cpu, cmds floa
 	s.Rounds = append(s.Rounds, res.Throughput)
 	s.cpu, s.cmds = append(s.cpu, cpu), append(s.cmds, cmds)
 	s.Throughput, s.CPUMicrosPerReq, s.ValkeyCmdsPerReq = mean(s.Rounds), mean(s.cpu), mean(s.cmds)
-	s.Errors += res.Errors
-	for k, v := range res.ErrorKinds {
-		s.ErrorKinds[k] += v
-	}
+	r.addErrors(sc, res)
 }
 
 func (r *report) addLatency(sc *scenario, res *loadgen.Result) {
@@ -169,6 +166,11 @@ func (r *report) addLatency(sc *scenario, res *loadgen.Result) {
 		r.hists[sc.name] = h
 	}
 	h.Merge(res.Latency)
+	r.addErrors(sc, res)
+}
+
+// addErrors counts a run's errors against its scenario.
+func (r *report) addErrors(sc *scenario, res *loadgen.Result) {
 	s := r.result(sc)
 	s.Errors += res.Errors
 	for k, v := range res.ErrorKinds {

@@ -171,36 +171,45 @@ func (b *bench) warm(ctx context.Context, s *server, from, to int, id func(i int
 // whole cache rather than a CPU-cache-friendly window of it.
 func spread(i uint64, n int) uint64 { return (i * 2654435761) % uint64(n) }
 
-// seedDests binds dests destinations (prefix:destination:name-i) to pods.
+// seedDests binds destinations [from, to) (prefix:destination:name-i) to pods.
 func (b *bench) seedDests(ctx context.Context, prefix, name string, from, to int, pod func(i int) string) error {
 	c := b.client
-	cmds := make(valkey.Commands, 0, 10000)
-	for i := from; i < to; i++ {
-		cmds = append(cmds, c.B().Sadd().Key(fmt.Sprintf("%s:destination:%s-%d", prefix, name, i)).Member(pod(i)).Build())
-		if len(cmds) == cap(cmds) || i == to-1 {
-			for _, r := range c.DoMulti(ctx, cmds...) {
-				if err := r.Error(); err != nil {
-					return fmt.Errorf("seed: %w", err)
-				}
-			}
-			cmds = cmds[:0]
+	for lo := from; lo < to; lo += seedBatch { // a batch at a time: a million commands held at once would be ~200 MB
+		cmds := make(valkey.Commands, 0, seedBatch)
+		for i := lo; i < min(lo+seedBatch, to); i++ {
+			cmds = append(cmds, c.B().Sadd().Key(fmt.Sprintf("%s:destination:%s-%d", prefix, name, i)).Member(pod(i)).Build())
+		}
+		if err := b.doAll(ctx, cmds); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// seedPods registers n pods (prefix:member:pod-i) without heartbeats.
+const seedBatch = 10000
+
+// seedPods registers n pods (prefix:member:pod-i, load i) without
+// heartbeats.
 func (b *bench) seedPods(ctx context.Context, prefix string, n int) error {
 	c := b.client
 	var cmds valkey.Commands
 	for p := range n {
 		id := fmt.Sprintf("pod-%d", p)
 		cmds = append(cmds, c.B().Sadd().Key(prefix+":members").Member(id).Build(),
-			c.B().Hset().Key(prefix+":member:"+id).FieldValue().FieldValue("address", fmt.Sprintf("http://127.0.0.1:%d", 7000+p)).FieldValue("load", "0").Build())
+			c.B().Hset().Key(prefix+":member:"+id).FieldValue().FieldValue("address", fmt.Sprintf("http://127.0.0.1:%d", 7000+p)).FieldValue("load", fmt.Sprint(p)).Build())
 	}
-	for _, r := range c.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("seed: %w", err)
+	return b.doAll(ctx, cmds)
+}
+
+// doAll runs seeding commands in pipelined batches.
+func (b *bench) doAll(ctx context.Context, cmds valkey.Commands) error {
+	for len(cmds) > 0 {
+		batch := cmds[:min(len(cmds), seedBatch)]
+		cmds = cmds[len(batch):]
+		for _, r := range b.client.DoMulti(ctx, batch...) {
+			if err := r.Error(); err != nil {
+				return fmt.Errorf("seed: %w", err)
+			}
 		}
 	}
 	return nil
