@@ -95,11 +95,16 @@ func (r *Registry) viewAge(v *setView, now time.Time) time.Duration {
 
 type memberEntry struct {
 	freshness
+	// mark is the read of the member's down mark (downmarks.go), a key of
+	// its own with its own slot and lane.
+	mark   freshness
 	host   string // its hostname, when the address is not an IP literal
 	dnsGen uint64 // the resolver's generation its address was taken at
 	id     string
-	live   bool   // the record exists with a non-empty address
-	addr   string // IP:port; empty when live but unroutable
+	live   bool   // the record has a non-empty address and no down mark for it
+	down   bool   // the record has an address, but a down mark names it
+	addr   string // IP:port; empty when unroutable (kept when down, for re-probes)
+	raw    string // the record's address field as the pod wrote it
 	load   int64
 }
 
@@ -239,18 +244,28 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		return out, nil
 	}
 	seq, gen := r.inv.ticket(), r.flushGen.Load()
-	cmds := make([]valkey.CacheableTTL, len(missing))
-	for j, i := range missing {
-		cmds[j] = valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL)
+	// Each member is two tracked reads: its record and its down mark. A
+	// mark that never changes is served by valkey-go's cache, so a
+	// heartbeat's re-read still costs one round trip.
+	cmds := make([]valkey.CacheableTTL, 0, 2*len(missing))
+	for _, i := range missing {
+		cmds = append(cmds,
+			valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL),
+			valkey.CT(r.client.B().Get().Key(r.keys.down(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
 	}
 	vctx, cancel := r.callCtx(ctx)
 	results := r.client.DoMultiCache(vctx, cmds...)
 	cancel()
 	for j, i := range missing {
-		fields, err := results[j].AsStrMap()
+		rec, markRes := results[2*j], results[2*j+1]
+		fields, err := rec.AsStrMap()
 		err = r.valkeyErr(err)
 		if err != nil && !errors.Is(err, ErrMalformedRecord) {
 			return nil, err
+		}
+		mark, merr := r.markOf(markRes)
+		if merr != nil {
+			return nil, merr
 		}
 		var e *memberEntry
 		if err != nil {
@@ -259,9 +274,10 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 			r.logBadAddress(ids[i], "<malformed record>", err)
 			e = &memberEntry{id: ids[i], live: true}
 		} else {
-			e = r.memberFromFields(ids[i], fields)
+			e = r.memberFromFields(ids[i], fields, mark)
 		}
-		r.stamp(&e.freshness, r.readAt(results[j], now), gen, r.keys.member(ids[i]))
+		r.stamp(&e.freshness, r.readAt(rec, now), gen, r.keys.member(ids[i]))
+		r.stamp(&e.mark, r.readAt(markRes, now), gen, r.keys.down(ids[i]))
 		r.members.Add(ids[i], e)
 		out[i] = e
 	}
@@ -269,17 +285,24 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		if r.inv.raced(r.keys.member(ids[i]), seq) {
 			out[i].invalid.Store(true)
 		}
+		if r.inv.raced(r.keys.down(ids[i]), seq) {
+			out[i].mark.invalid.Store(true)
+		}
 	}
 	return out, nil
 }
 
-func (r *Registry) memberFromFields(id string, fields map[string]string) *memberEntry {
+// memberFromFields builds a member from its record's fields and the
+// address its down mark names ("" when unmarked).
+func (r *Registry) memberFromFields(id string, fields map[string]string, mark string) *memberEntry {
 	e := &memberEntry{id: id}
 	raw := fields["address"]
 	if raw == "" {
 		return e // gone, or a record without an address: not live
 	}
-	e.live = true
+	e.raw = raw
+	e.down = isDown(raw, mark)
+	e.live = !e.down
 	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
 	if host, _, err := splitAddress(raw); err == nil {
 		if _, perr := netip.ParseAddr(host); perr != nil {
@@ -303,7 +326,7 @@ func (r *Registry) memberFromFields(id string, fields map[string]string) *member
 // memberFresh is fresh for member records: a record whose address is a
 // hostname is also rebuilt when any DNS answer changed since it was built.
 func (r *Registry) memberFresh(e *memberEntry, now time.Time) bool {
-	return r.fresh(&e.freshness, now) && (e.host == "" || e.dnsGen == r.addrs.gen.Load())
+	return r.fresh(&e.freshness, now) && r.fresh(&e.mark, now) && (e.host == "" || e.dnsGen == r.addrs.gen.Load())
 }
 
 // onResolved runs when a hostname's DNS answer appears or changes: every
@@ -350,6 +373,7 @@ func (r *Registry) buildView(ms []*memberEntry, gen uint64, set *freshness) *set
 	}
 	for _, m := range ms {
 		add(&m.freshness)
+		add(&m.mark)
 		switch {
 		case !m.live:
 			v.dead = append(v.dead, m.id)

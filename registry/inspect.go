@@ -14,7 +14,9 @@ import (
 type MemberInfo struct {
 	ID, Address string
 	Live        bool
-	Load        int64
+	// Down: the record names an address a down mark says failed (SPEC §8.1).
+	Down bool
+	Load int64
 	// TTL left on the record; negative when it has none.
 	TTL time.Duration
 }
@@ -83,21 +85,27 @@ func (r *Registry) describeMembers(ctx context.Context, ids []string) ([]MemberI
 	slices.Sort(ids)
 	ctx, cancel := context.WithTimeout(ctx, r.opt.Timeout)
 	defer cancel()
-	cmds := make([]valkey.Completed, 0, 2*len(ids))
+	cmds := make([]valkey.Completed, 0, 3*len(ids))
 	for _, id := range ids {
-		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Pttl().Key(r.keys.member(id)).Build())
+		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Pttl().Key(r.keys.member(id)).Build(),
+			r.client.B().Get().Key(r.keys.down(id)).Build())
 	}
 	res := r.client.DoMulti(ctx, cmds...)
 	out := make([]MemberInfo, len(ids))
 	for i, id := range ids {
 		out[i].ID = id
-		fields, err := res[2*i].AsStrMap()
+		fields, err := res[3*i].AsStrMap()
 		if err = r.valkeyErr(err); err != nil {
 			return nil, fmt.Errorf("member %q: %w", id, err)
 		}
-		pttl, _ := res[2*i+1].AsInt64()
+		pttl, _ := res[3*i+1].AsInt64()
+		mark, err := r.markOf(res[3*i+2])
+		if err != nil {
+			return nil, fmt.Errorf("member %q: %w", id, err)
+		}
 		out[i].Address = fields["address"]
-		out[i].Live = fields["address"] != ""
+		out[i].Down = isDown(fields["address"], mark)
+		out[i].Live = fields["address"] != "" && !out[i].Down
 		out[i].Load, _ = strconv.ParseInt(fields["load"], 10, 64)
 		out[i].TTL = time.Duration(pttl) * time.Millisecond
 	}

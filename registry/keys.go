@@ -13,7 +13,7 @@ const MaxIDLen = 256
 // keys builds the registry's key names for one prefix. The prefixes are
 // computed once: every invalidation Valkey pushes is matched against them.
 type keys struct {
-	prefix, membersKey, recoveryKey, memberPrefix, destPrefix, lockPrefix, probePrefix string
+	prefix, membersKey, recoveryKey, memberPrefix, destPrefix, lockPrefix, probePrefix, downPrefix string
 }
 
 func newKeys(prefix string) keys {
@@ -25,6 +25,7 @@ func newKeys(prefix string) keys {
 		destPrefix:   prefix + ":destination:",
 		lockPrefix:   prefix + ":lock:",
 		probePrefix:  prefix + ":probe:",
+		downPrefix:   prefix + ":down:",
 	}
 }
 
@@ -33,6 +34,7 @@ func (k keys) member(id string) string { return k.memberPrefix + id }
 func (k keys) dest(id string) string   { return k.destPrefix + id }
 func (k keys) lock(id string) string   { return k.lockPrefix + id }
 func (k keys) recovery() string        { return k.recoveryKey }
+func (k keys) down(id string) string   { return k.downPrefix + id }
 
 // ValidateID reports whether id may be used in a key: 1 to MaxIDLen bytes of
 // visible ASCII (no spaces, control bytes or non-ASCII). It allocates

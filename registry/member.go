@@ -125,9 +125,11 @@ func (m *Member) do(ctx context.Context, cmds ...valkey.Completed) error {
 // its TTL. The record and its TTL are one script on one key, so a record
 // never exists without expiry; no command spans two keys, so the pipeline
 // is valid on Valkey Cluster (each command goes to its own slot's node).
+// A registration also lifts a down mark (downmarks.go): the pod is here.
 func (m *Member) registerCmds(load int64) []valkey.Completed {
 	b := m.opt.Client.B()
 	return []valkey.Completed{
+		b.Del().Key(m.keys.down(m.opt.ID)).Build(),
 		b.Sadd().Key(m.keys.members()).Member(m.opt.ID).Build(),
 		b.Eval().Script(registerSrc).Numkeys(1).Key(m.keys.member(m.opt.ID)).
 			Arg(m.opt.Address, strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)).Build(),

@@ -151,18 +151,23 @@ func (m *Member) ListPeerLoad(ctx context.Context) ([]PeerLoad, error) {
 		return nil, fmt.Errorf("registry: list members: %w", err)
 	}
 	slices.Sort(ids)
-	cmds := make([]valkey.Completed, len(ids))
-	for i, id := range ids {
-		cmds[i] = c.B().Hgetall().Key(m.keys.member(id)).Build()
+	cmds := make([]valkey.Completed, 0, 2*len(ids))
+	for _, id := range ids {
+		cmds = append(cmds, c.B().Hgetall().Key(m.keys.member(id)).Build(), c.B().Get().Key(m.keys.down(id)).Build())
 	}
+	res := c.DoMulti(ctx, cmds...)
 	var out []PeerLoad
-	for i, res := range c.DoMulti(ctx, cmds...) {
-		f, err := res.AsStrMap()
+	for i := range ids {
+		f, err := res[2*i].AsStrMap()
 		if err != nil {
 			return nil, fmt.Errorf("registry: read member %q: %w", ids[i], err)
 		}
-		if f["address"] == "" {
-			continue
+		mark, err := res[2*i+1].ToString()
+		if err != nil && !valkey.IsValkeyNil(err) {
+			return nil, fmt.Errorf("registry: read member %q: %w", ids[i], err)
+		}
+		if f["address"] == "" || isDown(f["address"], mark) {
+			continue // gone, or marked down by a coordinator
 		}
 		load, _ := strconv.ParseInt(f["load"], 10, 64)
 		out = append(out, PeerLoad{ID: ids[i], Address: f["address"], Load: load})

@@ -313,6 +313,11 @@ func (r *Registry) invalidateKey(key string) {
 			e.invalid.Store(true)
 		}
 		r.memberGen.Add(1)
+	case strings.HasPrefix(key, r.keys.downPrefix):
+		if e, ok := r.members.Peek(key[len(r.keys.downPrefix):]); ok {
+			e.mark.invalid.Store(true)
+		}
+		r.memberGen.Add(1)
 	case strings.HasPrefix(key, r.keys.lockPrefix):
 		if e, ok := r.locks.Peek(key[len(r.keys.lockPrefix):]); ok {
 			e.invalid.Store(true)

@@ -290,18 +290,23 @@ func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {
 func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string, alive []strategy.Candidate, err error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
-	cmds := make([]valkey.Completed, len(ids))
-	for i, id := range ids {
-		cmds[i] = r.client.B().Hgetall().Key(r.keys.member(id)).Build()
+	cmds := make([]valkey.Completed, 0, 2*len(ids))
+	for _, id := range ids {
+		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Get().Key(r.keys.down(id)).Build())
 	}
-	for i, res := range r.client.DoMulti(ctx, cmds...) {
-		fields, err := res.AsStrMap()
+	res := r.client.DoMulti(ctx, cmds...)
+	for i := range ids {
+		fields, err := res[2*i].AsStrMap()
 		if err = r.valkeyErr(err); errors.Is(err, ErrMalformedRecord) {
 			continue // neither dead nor routable: left alone
 		} else if err != nil {
 			return nil, nil, err
 		}
-		m := r.memberFromFields(ids[i], fields)
+		mark, err := r.markOf(res[2*i+1])
+		if err != nil {
+			return nil, nil, err
+		}
+		m := r.memberFromFields(ids[i], fields, mark)
 		switch {
 		case !m.live:
 			dead = append(dead, ids[i])

@@ -16,6 +16,7 @@ import (
 
 	"github.com/valkey-io/valkey-go"
 
+	"github.com/coord-extproc/coord-extproc/detector"
 	"github.com/coord-extproc/coord-extproc/extproc"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/strategy"
@@ -47,6 +48,8 @@ type Config struct {
 	StreamWorkers    int
 	GRPCWindow       int
 	GCPercent        int
+	ProbeTimeout     time.Duration
+	ProbeRate        int
 }
 
 func defaultConfig() Config {
@@ -70,6 +73,8 @@ func defaultConfig() Config {
 		ShutdownGrace:    15 * time.Second,
 		MaxConnectionAge: 5 * time.Minute,
 		GRPCWindow:       defaultGRPCWindow,
+		ProbeTimeout:     detector.DefaultProbeTimeout,
+		ProbeRate:        detector.DefaultProbeRate,
 	}
 }
 
@@ -130,6 +135,10 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
 		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},
+		{"probe-timeout", "COORD_PROBE_TIMEOUT", "connect timeout of the probe that confirms a failure Envoy reported (SPEC §8.1); a refused or timed-out connect marks the member down",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ProbeTimeout, n, c.ProbeTimeout, u) }},
+		{"probe-rate", "COORD_PROBE_RATE", "most probes started per second for failure reports, all addresses together",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.ProbeRate, n, c.ProbeRate, u) }},
 		{"gc-percent", "COORD_GC_PERCENT", "Go GC target (GOGC) when GOGC is not set; 0: 2000 under a memory limit (GOMEMLIMIT, which the Kubernetes manifest sets from the memory limit), else 400; -1: Go's default",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GCPercent, n, c.GCPercent, u) }},
 	}, c.registryFlags()...)
@@ -208,7 +217,7 @@ func (c *Config) Validate() error {
 	if c.EndpointHeader == "" || strings.ToLower(c.EndpointHeader) != c.EndpointHeader || strings.HasPrefix(c.EndpointHeader, "x-envoy-") || strings.HasPrefix(c.EndpointHeader, ":") {
 		errs = append(errs, fmt.Errorf("--endpoint-header %q: must be a lower-case header name, not x-envoy-* (ext_proc may not set those) nor a pseudo-header", c.EndpointHeader))
 	}
-	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "decision-timeout": c.DecisionTimeout, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge} {
+	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "decision-timeout": c.DecisionTimeout, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge, "probe-timeout": c.ProbeTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
@@ -221,6 +230,9 @@ func (c *Config) Validate() error {
 	}
 	if c.GCPercent < -1 {
 		errs = append(errs, fmt.Errorf("--gc-percent %d: 0 (automatic), -1 (Go's default) or positive", c.GCPercent))
+	}
+	if c.ProbeRate <= 0 {
+		errs = append(errs, fmt.Errorf("--probe-rate %d: must be positive", c.ProbeRate))
 	}
 	if c.MaxSetMembers <= 0 {
 		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))

@@ -72,3 +72,34 @@ func (l *lazyRegistry) DeleteDestination(ctx context.Context, destID string) err
 	}
 	return r.DeleteDestination(ctx, destID)
 }
+
+func (l *lazyRegistry) MembersAt(ctx context.Context, addr string) ([]registry.Suspect, error) {
+	r, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return r.MembersAt(ctx, addr)
+}
+
+func (l *lazyRegistry) MarkDown(ctx context.Context, s registry.Suspect) (bool, error) {
+	r, err := l.get()
+	if err != nil {
+		return false, err
+	}
+	return r.MarkDown(ctx, s)
+}
+
+func (l *lazyRegistry) ClearDown(ctx context.Context, s registry.Suspect) (bool, error) {
+	r, err := l.get()
+	if err != nil {
+		return false, err
+	}
+	return r.ClearDown(ctx, s)
+}
+
+func (l *lazyRegistry) Marked() []registry.Suspect {
+	if r := l.reg.Load(); r != nil {
+		return r.Marked()
+	}
+	return nil
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/coord-extproc/coord-extproc/detector"
 	"github.com/coord-extproc/coord-extproc/extproc"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
@@ -55,6 +57,10 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := extproc.NewMetrics(promReg, stats)
 	reg := &lazyRegistry{}
+	dstats := &detector.Stats{}
+	detector.RegisterMetrics(promReg, dstats)
+	det := detector.New(detector.Options{Registry: reg, ProbeTimeout: cfg.ProbeTimeout, ProbeRate: cfg.ProbeRate, Logger: log, Stats: dstats})
+	defer det.Close()
 	srv, err := extproc.NewServer(extproc.Options{
 		Table: table, Registry: reg, Metrics: metrics, Logger: log,
 		EndpointHeader: cfg.EndpointHeader, BodyLimit: cfg.BodyLimit, DecisionTimeout: cfg.DecisionTimeout,
@@ -80,6 +86,8 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
 	authv3.RegisterAuthorizationServer(gs, extproc.NewAuthz(srv))
+	als := detector.NewAccessLogServer(det)
+	accesslogv3.RegisterAccessLogServiceServer(gs, als)
 	healthpb.RegisterHealthServer(gs, hs)
 
 	var metricsSrv *http.Server
@@ -127,6 +135,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	stopConnect()
 	log.Info("draining: health NOT_SERVING, finishing in-flight streams", "grace", cfg.ShutdownGrace)
 	hs.Shutdown() // every service NOT_SERVING, before anything else stops
+	als.Close()   // access-log streams never end by themselves
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {

@@ -1,0 +1,62 @@
+package detector
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// bucket is a token bucket: rate tokens a second, at most rate stored.
+type bucket struct {
+	mu     sync.Mutex
+	rate   float64
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+}
+
+func newBucket(rate int, now func() time.Time) *bucket {
+	return &bucket{rate: float64(rate), tokens: float64(rate), last: now(), now: now}
+}
+
+func (b *bucket) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.now()
+	b.tokens = min(b.rate, b.tokens+t.Sub(b.last).Seconds()*b.rate)
+	b.last = t
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// rateLog writes a warning at most once per interval per message, with the
+// number of occurrences it stood for.
+type rateLog struct {
+	out      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+	mu       sync.Mutex
+	last     map[string]time.Time
+	count    map[string]int
+}
+
+func newRateLog(log *slog.Logger, interval time.Duration, now func() time.Time) *rateLog {
+	return &rateLog{out: log, interval: interval, now: now, last: map[string]time.Time{}, count: map[string]int{}}
+}
+
+func (l *rateLog) log(msg string, args ...any) {
+	l.mu.Lock()
+	l.count[msg]++
+	t := l.now()
+	if last, ok := l.last[msg]; ok && t.Sub(last) < l.interval {
+		l.mu.Unlock()
+		return
+	}
+	n := l.count[msg]
+	l.last[msg], l.count[msg] = t, 0
+	l.mu.Unlock()
+	l.out.Warn(msg, append(args, "occurrences", n)...)
+}
