@@ -85,6 +85,13 @@ func TestWiringChecksFail(t *testing.T) {
 		{"envoy-ext-authz.yaml", "ext_authz namespace", "metadata_key: { key: envoy.filters.http.ext_authz,", "metadata_key: { key: envoy.lb,", "metadata_key"},
 		{"envoy-ext-authz.yaml", "ext_authz header", "path: [{ key: x-gateway-destination-endpoint }]", "path: [{ key: x-destination }]", "metadata_key"},
 		{"envoy-compose.yaml", "compose header trusted", "use_http_header: false", "use_http_header: true", "use_http_header"},
+		{"envoy.yaml", "no failure reports", "grpc.v3.HttpGrpcAccessLogConfig", "grpc.v3.TcpGrpcAccessLogConfig", "no upstream_log"},
+		{"envoy.yaml", "failure reports batched", "buffer_size_bytes: 0", "buffer_size_bytes: 16384", "buffer_size_bytes"},
+		{"envoy.yaml", "failure reports without UC", "flags: [UF, UC]", "flags: [UF]", "want exactly"},
+		{"envoy.yaml", "failure reports of every 5xx", "flags: [UF, UC]", "flags: [UF, UC, UH]", "want exactly"},
+		{"envoy.yaml", "failure reports unfiltered", "response_flag_filter: { flags: [UF, UC] }", "status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: x } } }", "response_flag_filter"},
+		{"envoy-ext-authz.yaml", "failure reports elsewhere", "envoy_grpc: { cluster_name: coord_extproc }\n                    buffer_size_bytes", "envoy_grpc: { cluster_name: pods }\n                    buffer_size_bytes", "want the coord-extproc cluster"},
+		{"envoy-compose.yaml", "compose failure reports v2", "transport_api_version: V3", "transport_api_version: AUTO", "V3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

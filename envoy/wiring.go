@@ -95,6 +95,9 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 			fail("ext_authz: want failure_mode_allow false and a grpc_service.timeout")
 		}
 	}
+	if err := CheckFailureReports(r.HCM.GetHttpFilters()[1].GetTypedConfig(), grpcCluster); err != nil {
+		errs = append(errs, err)
+	}
 	if c := r.Clusters[grpcCluster]; c == nil {
 		fail("%s: gRPC cluster %q is not defined", r.API, grpcCluster)
 	} else {

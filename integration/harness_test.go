@@ -139,6 +139,9 @@ type stackOptions struct {
 	edit []string
 	// gatewayArgs and coordArgs are added to the processes' flags.
 	gatewayArgs, coordArgs []string
+	// sharedGateway puts one gateway in front of every replica (its
+	// coord_extproc cluster lists them all) instead of one each.
+	sharedGateway bool
 }
 
 type stack struct {
@@ -193,10 +196,16 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	for i := 0; i < 3; i++ {
 		s.startPod(fmt.Sprintf("pod-%d", i+1), o)
 	}
+	var all []string
 	for i := 0; i < o.replicas; i++ {
 		c := s.startCoord(o, i)
 		waitFor(t, 5*time.Second, "coord-extproc healthy", func() bool { return s.status("http://"+c.metrics+"/healthz") == 200 })
-		s.gws = append(s.gws, s.startGateway(o, c, i))
+		if all = append(all, c.grpc); !o.sharedGateway {
+			s.gws = append(s.gws, s.startGateway(o, c, i))
+		}
+	}
+	if o.sharedGateway {
+		s.gws = append(s.gws, s.startGateway(o, &coord{grpc: strings.Join(all, ",")}, 0))
 	}
 	return s
 }
@@ -214,7 +223,13 @@ func (s *stack) startCoord(o stackOptions, i int) *coord {
 
 func (s *stack) startPod(id string, o stackOptions) *pod {
 	s.t.Helper()
-	p := &pod{id: id, addr: freeAddr(s.t)}
+	return s.startPodAt(id, freeAddr(s.t), o)
+}
+
+// startPodAt starts a pod listening on addr (a restart on the same address).
+func (s *stack) startPodAt(id, addr string, o stackOptions) *pod {
+	s.t.Helper()
+	p := &pod{id: id, addr: addr}
 	args := []string{"--listen", p.addr, "--id", id, "--valkey", s.url, "--ttl", o.podTTL.String(), "--heartbeat", o.heartbeat.String()}
 	if o.fanoutCap > 0 {
 		args = append(args, "--fanout-cap", fmt.Sprint(o.fanoutCap), "--fanout-hold", "200ms")
@@ -258,8 +273,15 @@ func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
 		}
 		admin := freeAddr(s.t)
 		port := func(a string) string { _, p, _ := net.SplitHostPort(a); return p }
-		txt := strings.NewReplacer("port_value: 10000", "port_value: "+port(listen), "port_value: 9002", "port_value: "+port(c.grpc),
-			"port_value: 9901", "port_value: "+port(admin), "address: 0.0.0.0", "address: 127.0.0.1").Replace(string(b))
+		// One lb_endpoint per replica in the coord_extproc cluster.
+		const ep = "        - endpoint:\n            address:\n              socket_address: { address: 127.0.0.1, port_value: 9002 }\n"
+		var eps strings.Builder
+		for _, a := range strings.Split(c.grpc, ",") {
+			eps.WriteString(strings.Replace(ep, "port_value: 9002", "port_value: "+port(a), 1))
+		}
+		txt := strings.Replace(string(b), ep, eps.String(), 1)
+		txt = strings.NewReplacer("port_value: 10000", "port_value: "+port(listen),
+			"port_value: 9901", "port_value: "+port(admin), "address: 0.0.0.0", "address: 127.0.0.1").Replace(txt)
 		cfg = filepath.Join(s.t.TempDir(), o.config)
 		if err := os.WriteFile(cfg, []byte(txt), 0o600); err != nil {
 			s.t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,6 +157,12 @@ func (p *pod) tracked(h func(http.ResponseWriter, *http.Request, string)) http.H
 			case <-r.Context().Done():
 				return
 			}
+		}
+		// ?status=5xx plays an application that fails every request while
+		// its process is fine: not a pod failure (SPEC §8.1).
+		if code, err := strconv.Atoi(r.URL.Query().Get("status")); err == nil && code >= 500 && code <= 599 {
+			p.fail(w, code, "simulated application error")
+			return
 		}
 		h(w, r, tenant)
 	}

@@ -50,6 +50,8 @@ type config struct {
 	routes   []route
 	clusters map[string]*podCluster
 	paths    pathPolicy
+	// upstreamLog is the router's upstream_log (nil: none).
+	upstreamLog *upstreamLog
 }
 
 type upstream struct {
@@ -104,6 +106,9 @@ func fromBootstrap(b *bootstrapv3.Bootstrap) (*config, error) {
 		return nil, err
 	}
 	if err := c.readFilter(r); err != nil {
+		return nil, err
+	}
+	if c.upstreamLog, err = readUpstreamLog(r.HCM.GetHttpFilters()[1].GetTypedConfig(), c.grpc.cluster); err != nil {
 		return nil, err
 	}
 	if err := c.readRoutes(r.HCM.GetRouteConfig()); err != nil {

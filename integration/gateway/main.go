@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/coord-extproc/coord-extproc/envoy"
 )
@@ -49,7 +52,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfgPath := fs.String("config", "envoy/envoy.yaml", "Envoy bootstrap to play")
 	version := fs.String("envoy-version", envoy.Version, "Envoy release to play: "+envoy.Version+", or 1.34 for the 1.34–1.36 behaviour (stream kept to the request's end, spurious answers drop the processor)")
 	listen := fs.String("listen", "", "override the listener address (default: the bootstrap's)")
-	coord := fs.String("coord-extproc", "", "override the coord_extproc cluster's address (default: the bootstrap's)")
+	coord := fs.String("coord-extproc", "", "override the coord_extproc cluster's endpoints: host:port[,host:port...] (default: the bootstrap's); streams are spread round-robin, as the cluster's lb_policy")
 	verbose := fs.Bool("v", false, "log every local reply")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,11 +87,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mutation_rules: %w", err)
 	}
-	conn, err := grpc.NewClient(cfg.grpc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := dialCluster(strings.Split(cfg.grpc.addr, ","))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if cfg.upstreamLog != nil {
+		cfg.upstreamLog.start(ctx, conn, log)
+	}
 	var connectTimeout time.Duration
 	for _, c := range cfg.clusters {
 		connectTimeout = max(connectTimeout, c.connectTimeout)
@@ -119,4 +125,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// dialCluster connects to the coord_extproc cluster's endpoints, spreading
+// streams over them round-robin (the shipped cluster's lb_policy); one
+// access-log stream goes to one endpoint, as each Envoy worker's does.
+func dialCluster(addrs []string) (*grpc.ClientConn, error) {
+	r := manual.NewBuilderWithScheme("standin")
+	var st resolver.State
+	for _, a := range addrs {
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(st)
+	return grpc.NewClient("standin:///coord_extproc", grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 }

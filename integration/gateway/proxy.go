@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"strconv"
@@ -115,6 +114,10 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	resp, err := g.forward(ctx, r, h, addr.String(), rt, up)
+	if err != nil {
+		method, _ := h.get(":method")
+		g.cfg.upstreamLog.attempt(addr, rt.cluster, method, path, attemptFlag(err))
+	}
 	if p != nil {
 		reply = (<-watched)()
 	}
@@ -150,7 +153,13 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		code = resp.StatusCode
 	}
 	w.WriteHeader(code)
-	copyFlushing(w, down.r)
+	if err := copyFlushing(w, down.r); err != nil {
+		// The pod's connection broke mid-response: the attempt ends in a
+		// termination (UC), the client's stream is reset.
+		method, _ := h.get(":method")
+		g.cfg.upstreamLog.attempt(addr, rt.cluster, method, path, flagUC)
+		panic(http.ErrAbortHandler)
+	}
 	if down.reply != nil && down.reply() != nil {
 		panic(http.ErrAbortHandler) // the response has started: Envoy can only reset
 	}
@@ -166,15 +175,16 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// copyFlushing passes each chunk on as it comes, as Envoy streams.
-func copyFlushing(w http.ResponseWriter, r io.Reader) {
+// copyFlushing passes each chunk on as it comes, as Envoy streams. A read
+// error is returned: Envoy resets a response it cannot finish.
+func copyFlushing(w http.ResponseWriter, r io.Reader) error {
 	f, _ := w.(http.Flusher)
 	buf := make([]byte, chunkSize)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
+				return nil // the client went away
 			}
 			if f != nil {
 				f.Flush()
@@ -182,9 +192,9 @@ func copyFlushing(w http.ResponseWriter, r io.Reader) {
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
-				panic(http.ErrAbortHandler) // Envoy resets a response it cannot finish
+				return err
 			}
-			return
+			return nil
 		}
 	}
 }
@@ -276,6 +286,7 @@ func (g *gateway) forward(ctx context.Context, r *http.Request, h headerMap, add
 	path, _ := h.get(":path")
 	method, _ := h.get(":method")
 	host, _ := h.get(":authority")
+	downstream := ctx
 	ctx, cancel := context.WithTimeout(ctx, rt.timeout)
 	conns := 0
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
@@ -306,16 +317,38 @@ func (g *gateway) forward(ctx context.Context, r *http.Request, h headerMap, add
 	resp, err := g.transport.RoundTrip(req)
 	if err != nil {
 		cancel()
-		if conns > 1 {
-			return nil, errUpstreamReset
+		switch {
+		case downstream.Err() != nil:
+			return nil, &attemptError{flagDC, err}
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return nil, &attemptError{flagUT, err}
+		case conns == 0: // never connected: refused, unreachable or connect timeout
+			return nil, &attemptError{flagUF, err}
 		}
-		return nil, err
+		return nil, &attemptError{flagUC, errUpstreamReset}
 	}
 	resp.Body = cancelOnClose{resp.Body, cancel}
 	return resp, nil
 }
 
 var errUpstreamReset = errors.New("upstream connection reset before the response")
+
+// attemptError is a failed upstream attempt and its response flag.
+type attemptError struct {
+	flag string
+	err  error
+}
+
+func (e *attemptError) Error() string { return e.flag + ": " + e.err.Error() }
+func (e *attemptError) Unwrap() error { return e.err }
+
+func attemptFlag(err error) string {
+	var ae *attemptError
+	if errors.As(err, &ae) {
+		return ae.flag
+	}
+	return ""
+}
 
 // trailerFiller copies the filter's trailers into the upstream request's
 // once the body is through, as Go's transport reads them at EOF.
@@ -346,12 +379,12 @@ type cancelOnClose struct {
 func (c cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
 
 // upstreamFailure words the router's local replies the way Envoy does.
+// A connect timeout is a connection failure (503), not a request timeout.
 func upstreamFailure(err error) *localReply {
-	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+	switch attemptFlag(err) {
+	case flagUT, flagDC:
 		return &localReply{status: 504, body: []byte("upstream request timeout"), details: "upstream_response_timeout"}
-	}
-	if errors.Is(err, errUpstreamReset) {
+	case flagUC:
 		return &localReply{status: 503, body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination"), details: "upstream_reset_before_response_started{connection_termination}"}
 	}
 	return &localReply{status: 503, body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), details: "upstream_reset_before_response_started{connection_failure}"}
