@@ -65,6 +65,15 @@ func TestDemoRunsTheStoryAndCleansUp(t *testing.T) {
 	if !regexp.MustCompile(`Story done: \d+ requests, [1-9]\d* errors`).MatchString(text) || !regexp.MustCompile(`(?m)^\s+404: \d+`).MatchString(text) {
 		t.Fatalf("the lost data after the kill is not reported as errors:\n%s", text)
 	}
+	// SIGKILL: the killed pod's tenants move in about a second, not after
+	// its 30 s TTL.
+	m := regexp.MustCompile(`answered by survivors ([0-9.]+m?s) later`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("the story does not say when the killed pod's tenants moved:\n%s", text)
+	}
+	if d, err := time.ParseDuration(m[1]); err != nil || d > 2*time.Second {
+		t.Fatalf("killed pod's tenants moved after %s, want about a second:\n%s", m[1], text)
+	}
 	pids := regexp.MustCompile(`pid (\d+)`).FindAllStringSubmatch(text, -1)
 	if len(pids) < 6 {
 		t.Fatalf("expected the demo to report the pids it started:\n%s", text)

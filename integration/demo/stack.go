@@ -95,7 +95,9 @@ func up(ctx context.Context, o options, out io.Writer) (*stack, error) {
 func (s *stack) startPod(ctx context.Context, id string) error {
 	addr := freeAddr()
 	p, err := s.start(id, addr, filepath.Join(s.bins, "demopod"), "--listen", addr, "--id", id, "--valkey", s.valkey.URL(),
-		"--ttl", "3s", "--heartbeat", "500ms", "--fanout-cap", "3", "--fanout-hold", "300ms")
+		// The library's default TTL: a pod killed without deregistering would keep its tenants
+		// failing for up to 30 s, were it not for the failure reports (SPEC §8.1).
+		"--ttl", "30s", "--heartbeat", "10s", "--fanout-cap", "3", "--fanout-hold", "300ms")
 	if err != nil {
 		return err
 	}

@@ -112,17 +112,20 @@ func (d *story) tell(ctx context.Context) error {
 	tr.watch(ctx, 3)
 
 	victim := d.busiestPod()
-	if err := d.step(ctx, 5, "Kill a pod", fmt.Sprintf("   SIGTERM %s: it deregisters, and its tenants move to survivors at once.", victim)); err != nil {
+	if err := d.step(ctx, 5, "Kill a pod", fmt.Sprintf("   SIGKILL %s, as an OOM kill or a lost node would: it never deregisters, and its member\n   record lives on for its TTL (30 s). Envoy reports the refused connections to coord-extproc,\n   which connects to the pod itself, marks it down in Valkey, and its tenants move.", victim)); err != nil {
 		return err
 	}
-	d.s.pods[victim].stop(syscall.SIGTERM)
 	var lost []string
 	for _, t := range d.tenants {
 		if d.owner[t] == victim {
 			lost = append(lost, t)
 		}
 	}
-	fmt.Fprintf(d.out, "   %s stopped. The demo pods keep their data in memory, so %s move to a survivor\n   that does not have it: their reads answer 404 there (the errors column counts them).\n", victim, strings.Join(lost, ", "))
+	d.s.pods[victim].stop(syscall.SIGKILL)
+	killed := time.Now()
+	moved := d.movedAfter(ctx, lost, victim)
+	fmt.Fprintf(d.out, "   %s killed; %s answered by survivors %s later (member TTL 30 s).\n   The demo pods keep their data in memory, so the survivors do not have it: their reads\n   answer 404 there (the errors column counts them).\n",
+		victim, strings.Join(lost, ", "), moved.Sub(killed).Round(time.Millisecond))
 	tr.watch(ctx, 4)
 
 	hot := d.tenants[1]
@@ -136,6 +139,21 @@ func (d *story) tell(ctx context.Context) error {
 		fmt.Fprintf(d.out, "   %s: %d, e.g. %s\n", st, tr.byStatus[st], tr.sample[st])
 	}
 	return nil
+}
+
+// movedAfter waits (at most 30 s) until every tenant is answered by a pod
+// other than dead, and returns when that was.
+func (d *story) movedAfter(ctx context.Context, tenants []string, dead string) time.Time {
+	deadline := time.Now().Add(30 * time.Second)
+	for _, t := range tenants {
+		for ctx.Err() == nil && time.Now().Before(deadline) {
+			if r := d.call("GET", "/tenants/"+t+"/keys/greeting", ""); r.servedBy != "" && r.servedBy != dead {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return time.Now()
 }
 
 func (d *story) busiestPod() string {
