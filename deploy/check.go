@@ -13,8 +13,10 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/proto"
 	istioapi "istio.io/api/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -91,8 +93,12 @@ func Check(objs []any, s Server) error {
 			fail("BackendTrafficPolicy %s: endpointOverride must read header %q only", b.Name, s.EndpointHeader)
 		}
 	}
+	reports := false
 	for _, p := range m.patches {
-		checkPatchPolicy(p, s, fail)
+		reports = checkPatchPolicy(p, s, fail) || reports
+	}
+	if len(m.extPolicies) > 0 && !reports {
+		fail("Envoy Gateway: no EnvoyPatchPolicy adds the failure reports (router upstream_log to coord-extproc, SPEC §8.1)")
 	}
 	for _, f := range m.filters {
 		m.checkEnvoyFilter(f, s, fail)
@@ -254,9 +260,16 @@ func (m *manifests) checkExtensionPolicy(p *egv1a1.EnvoyExtensionPolicy, s Serve
 	}
 }
 
-// checkPatchPolicy: the added cluster is an ORIGINAL_DST cluster reading
-// the server's metadata only, and the route patch points at it.
-func checkPatchPolicy(p *egv1a1.EnvoyPatchPolicy, s Server, fail func(string, ...any)) {
+// egExtProcCluster is the cluster Envoy Gateway makes for the first extProc
+// backend of EnvoyExtensionPolicy coord/coord-extproc
+// (internal/gatewayapi/envoyextensionpolicy.go, irConfigNameForExtProc).
+const egExtProcCluster = "envoyextensionpolicy/coord/coord-extproc/extproc/0"
+
+// checkPatchPolicy: an added cluster is an ORIGINAL_DST cluster reading
+// the server's metadata only, and the route patch points at it; a listener
+// patch adds the failure reports to the router. It reports whether the
+// policy adds the failure reports.
+func checkPatchPolicy(p *egv1a1.EnvoyPatchPolicy, s Server, fail func(string, ...any)) (reports bool) {
 	var cluster string
 	for _, jp := range p.Spec.JSONPatches {
 		if jp.Operation.Value == nil {
@@ -278,11 +291,32 @@ func checkPatchPolicy(p *egv1a1.EnvoyPatchPolicy, s Server, fail func(string, ..
 			if v := strings.Trim(string(jp.Operation.Value.Raw), `"`); v != cluster || jp.Operation.Path == nil || *jp.Operation.Path != "/cluster" {
 				fail("EnvoyPatchPolicy %s: the route patch sets %s to %s, not the ORIGINAL_DST cluster %q", p.Name, strOr(jp.Operation.Path), v, cluster)
 			}
+		case egv1a1.ListenerEnvoyResourceType:
+			if jp.Operation.JSONPath == nil || *jp.Operation.JSONPath != "..http_filters[?(@.name == 'envoy.filters.http.router')].typed_config" ||
+				strOr(jp.Operation.Path) != "/upstream_log" {
+				fail("EnvoyPatchPolicy %s: the listener patch must add /upstream_log to the router's typed_config", p.Name)
+				continue
+			}
+			var rt routerv3.Router
+			if err := envoyProto([]byte(`{"upstream_log":`+string(jp.Operation.Value.Raw)+`}`), &rt); err != nil {
+				fail("EnvoyPatchPolicy %s: upstream_log: %v", p.Name, err)
+				continue
+			}
+			a, err := anypb.New(&rt)
+			if err == nil {
+				err = envoy.CheckFailureReports(a, egExtProcCluster)
+			}
+			if err != nil {
+				fail("EnvoyPatchPolicy %s: %v", p.Name, err)
+				continue
+			}
+			reports = true
 		}
 	}
-	if cluster == "" {
-		fail("EnvoyPatchPolicy %s: adds no ORIGINAL_DST cluster", p.Name)
+	if cluster == "" && !reports {
+		fail("EnvoyPatchPolicy %s: adds neither an ORIGINAL_DST cluster nor the failure reports", p.Name)
 	}
+	return reports
 }
 
 func strOr(s *string) string {
@@ -306,6 +340,7 @@ func envoyProto(js []byte, m interface {
 
 func (m *manifests) checkEnvoyFilter(f *EnvoyFilter, s Server, fail func(string, ...any)) {
 	var cluster, routed, grpcCluster string
+	var router *anypb.Any
 	for i, cp := range f.Spec.GetConfigPatches() {
 		js, err := protojson.Marshal(cp.GetPatch().GetValue())
 		if err != nil {
@@ -317,6 +352,14 @@ func (m *manifests) checkEnvoyFilter(f *EnvoyFilter, s Server, fail func(string,
 			var hf hcmv3.HttpFilter
 			if err := envoyProto(js, &hf); err != nil {
 				fail("EnvoyFilter %s HTTP_FILTER: %v", f.Name, err)
+				continue
+			}
+			if hf.GetTypedConfig().MessageIs(&routerv3.Router{}) {
+				// The router's failure reports, merged into Istio's router.
+				if cp.GetPatch().GetOperation() != istioapi.EnvoyFilter_Patch_MERGE || cp.GetMatch().GetListener().GetFilterChain().GetFilter().GetSubFilter().GetName() != "envoy.filters.http.router" {
+					fail("EnvoyFilter %s: the failure reports must be merged into the router", f.Name)
+				}
+				router = hf.GetTypedConfig()
 				continue
 			}
 			var x extprocv3.ExternalProcessor
@@ -352,6 +395,11 @@ func (m *manifests) checkEnvoyFilter(f *EnvoyFilter, s Server, fail func(string,
 	}
 	if cluster == "" || routed != cluster {
 		fail("EnvoyFilter %s: the route goes to %q, not to the ORIGINAL_DST cluster %q it adds", f.Name, routed, cluster)
+	}
+	if router == nil {
+		fail("EnvoyFilter %s: no patch adds the failure reports (router upstream_log to coord-extproc, SPEC §8.1)", f.Name)
+	} else if err := envoy.CheckFailureReports(router, grpcCluster); err != nil {
+		fail("EnvoyFilter %s: %v", f.Name, err)
 	}
 	// Istio names the Service's cluster outbound|port||host.
 	parts := strings.Split(grpcCluster, "|")

@@ -18,6 +18,7 @@ var files = []string{
 	"envoy-gateway/extension-policy.yaml",
 	"envoy-gateway/patch-policy-original-dst.yaml",
 	"istio/envoyfilter.yaml",
+	"envoy-gateway/patch-policy-failure-reports.yaml",
 }
 
 var serverEnv = sync.OnceValues(func() ([]string, error) {
@@ -65,8 +66,8 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 8 {
-		t.Fatalf("%d objects decoded, want 8", len(objs))
+	if len(objs) != 9 {
+		t.Fatalf("%d objects decoded, want 9", len(objs))
 	}
 	if err := Check(objs, server(t)); err != nil {
 		t.Fatal(err)
@@ -87,7 +88,7 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 // in each project's type, in an embedded Envoy fragment) and every piece
 // of wiring.
 func TestBrokenCopiesFail(t *testing.T) {
-	k8s, eg, patch, istio := files[0], files[1], files[2], files[3]
+	k8s, eg, patch, istio, reports := files[0], files[1], files[2], files[3], files[4]
 	tests := []struct{ file, name, from, to, want string }{
 		{k8s, "unknown Deployment field", "  replicas: 2", "  replica: 2", `unknown field "replica"`},
 		{k8s, "unknown probe field", "grpc: { port: 9002 }\n          periodSeconds: 2", "grpc: { port: 9002, service: x, sevice: y }\n          periodSeconds: 2", `unknown field "sevice"`},
@@ -119,6 +120,12 @@ func TestBrokenCopiesFail(t *testing.T) {
 		{istio, "gRPC cluster port", "outbound|9002||", "outbound|9003||", "gRPC cluster"},
 		{istio, "ext_proc after the router", "operation: INSERT_BEFORE", "operation: INSERT_AFTER", "before the router"},
 		{istio, "fail open", "failure_mode_allow: false", "failure_mode_allow: true", "failure_mode_allow"},
+		{istio, "failure reports not merged into the router", "      operation: MERGE\n      value:\n        name: envoy.filters.http.router", "      operation: INSERT_AFTER\n      value:\n        name: envoy.filters.http.router", "merged into the router"},
+		{istio, "failure reports of every status", "flags: [UF, UC]", "flags: [UF, UC, UH]", "want exactly"},
+		{istio, "failure reports batched", "buffer_size_bytes: 0", "buffer_size_bytes: 16384", "buffer_size_bytes"},
+		{reports, "EG failure reports to another cluster", "extproc/0", "extproc/1", "want the coord-extproc cluster"},
+		{reports, "EG failure reports not on the router", "@.name == 'envoy.filters.http.router'", "@.name == 'envoy.filters.http.ext_proc'", "router's typed_config"},
+		{reports, "EG failure reports without UC", "flags: [UF, UC]", "flags: [UF]", "want exactly"},
 	}
 	srv := server(t)
 	for _, tt := range tests {
