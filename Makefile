@@ -25,7 +25,7 @@ bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, re
 	$(GO) build -o bin/ceiling ./bench/ceiling
 	@mkdir -p bench/results
 	@# not "| tee": a pipe would hide a failing benchmark
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy > bench/results/micro.txt; \
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./registry ./extproc ./route ./strategy ./detector > bench/results/micro.txt; \
 	  status=$$?; cat bench/results/micro.txt; exit $$status
 	$(GO) run ./bench/run --coord $(BIN) --ceiling bin/ceiling --micro bench/results/micro.txt --out bench/results
 
