@@ -122,9 +122,13 @@ type addressResolver struct {
 }
 
 type dnsEntry struct {
-	ip     netip.Addr // zero until first resolved; kept while DNS fails
-	err    error      // the last failure, while ip is zero
-	wanted time.Time  // last asked for
+	ip     netip.Addr    // zero until first resolved; kept while DNS fails
+	err    error         // the last failure, while ip is zero
+	wanted time.Time     // last asked for
+	first  chan struct{} // closed once the first lookup has answered
+	// firstBy ends every wait for the first answer: the first request to
+	// wait sets it to the end of its budget, and nothing waits after it.
+	firstBy time.Time
 }
 
 // DNS timing: one lookup's deadline, the back-off after failures, and how
@@ -156,7 +160,7 @@ func (r *addressResolver) stop() {
 }
 
 // resolve returns raw as "IP:port" (IPv6 bracketed), or why it cannot be
-// routed now. It never waits for DNS.
+// routed now. It never waits for DNS (awaitFirst does, within a budget).
 func (r *addressResolver) resolve(raw string) (string, error) {
 	host, port, err := splitAddress(raw)
 	if err != nil {
@@ -174,6 +178,50 @@ func (r *addressResolver) resolve(raw string) (string, error) {
 	return netip.AddrPortFrom(ip.Unmap(), port).String(), nil
 }
 
+// awaitFirst waits for the first answer for raw's hostname, within the
+// decision's budget (SPEC §4: the only wait allowed). Nothing waits for an
+// IP literal, a name already answered (rightly or not), or once the first
+// request's budget for that name has run out: a resolver that never
+// answers costs one budget, once, not one per request.
+func (r *addressResolver) awaitFirst(ctx context.Context, raw string) {
+	host, _, err := splitAddress(raw)
+	if err != nil {
+		return
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return
+	}
+	limit := DefaultDecisionTimeout
+	if until, ok := ctx.Value(budgetKey{}).(*time.Time); ok {
+		limit = time.Until(*until)
+	} else if dl, ok := ctx.Deadline(); ok {
+		limit = time.Until(dl)
+	}
+	_, _ = r.cached(host) // starts the lookup of a new name
+	r.mu.Lock()
+	e := r.hosts[host]
+	if e == nil {
+		r.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if e.firstBy.IsZero() {
+		e.firstBy = now.Add(limit)
+	}
+	wait := min(limit, e.firstBy.Sub(now))
+	r.mu.Unlock()
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-e.first:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // cached answers from the DNS cache; a name seen for the first time gets a
 // background loop that keeps its answer current (maintain).
 func (r *addressResolver) cached(host string) (netip.Addr, error) {
@@ -185,7 +233,7 @@ func (r *addressResolver) cached(host string) (netip.Addr, error) {
 		if len(r.hosts) >= maxDNSEntries {
 			return netip.Addr{}, fmt.Errorf("%w: %s: %d hostnames already tracked", ErrBadAddress, host, maxDNSEntries)
 		}
-		e = &dnsEntry{}
+		e = &dnsEntry{first: make(chan struct{})}
 		r.hosts[host] = e
 		r.wg.Add(1)
 		go r.maintain(host, e)
@@ -208,6 +256,7 @@ func (r *addressResolver) cached(host string) (netip.Addr, error) {
 func (r *addressResolver) maintain(host string, e *dnsEntry) {
 	defer r.wg.Done()
 	backoff := time.Duration(0)
+	answered := false
 	for {
 		select {
 		case r.lookups <- struct{}{}:
@@ -239,6 +288,10 @@ func (r *addressResolver) maintain(host string, e *dnsEntry) {
 		if after != before {
 			r.gen.Add(1)
 			r.changed(host)
+		}
+		if !answered {
+			answered = true
+			close(e.first)
 		}
 		select {
 		case <-r.quit:

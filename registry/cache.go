@@ -274,6 +274,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 			r.logBadAddress(ids[i], "<malformed record>", err)
 			e = &memberEntry{id: ids[i], live: true}
 		} else {
+			r.addrs.awaitFirst(ctx, fields["address"]) // a hostname's first answer, inside the budget
 			e = r.memberFromFields(ids[i], fields, mark)
 		}
 		r.stamp(&e.freshness, r.readAt(rec, now), gen, r.keys.member(ids[i]))

@@ -173,8 +173,11 @@ func runFailover(t *testing.T, d *deployment, graceful, strict bool, fault func(
 		time.Sleep(20 * time.Millisecond)
 	}
 	// ...and, for each replica, once its own client routes there again
-	// (valkey-go refreshes its slot map up to a second after losing a node):
-	// a non-stale answer for the target.
+	// (valkey-go refreshes its slot map up to a second after losing a node,
+	// and drops a hung connection only after its write timeout, 10 s in one
+	// case): a non-stale answer for the target. The bound is progress, not
+	// speed: on a busy machine the drop and refresh took over 10 s.
+	const reachWithin = 30 * time.Second
 	reached := make([]time.Duration, len(regs))
 	for i, r := range regs {
 		for {
@@ -183,8 +186,8 @@ func runFailover(t *testing.T, d *deployment, graceful, strict bool, fault func(
 				reached[i] = time.Since(promoted)
 				break
 			}
-			if time.Since(promoted) > 10*time.Second {
-				t.Fatalf("replica %d does not read the promoted shard 10s after the promotion: %+v %v", i+1, dd, err)
+			if time.Since(promoted) > reachWithin {
+				t.Fatalf("replica %d does not read the promoted shard %s after the promotion: %+v %v", i+1, reachWithin, dd, err)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
