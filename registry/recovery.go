@@ -55,8 +55,13 @@ type recovery struct {
 
 	verifying chan struct{} // holds one token while a verify runs
 	mu        sync.Mutex
-	epoch     string          // last epoch seen; "" before first contact
-	pending   map[string]bool // members live before an unverified event
+	epoch     string                 // last epoch seen; "" before first contact
+	pending   map[string]knownMember // members live before an unverified event
+	// restorable are held members this replica can bring back on evidence
+	// (restore.go); guarded by mu.
+	restorable  map[string]knownMember
+	nRestorable atomic.Int64 // len(restorable), read without mu
+	restoreKick chan struct{}
 
 	seq       atomic.Uint64 // moves on every flush/reconnect/recovery-key event
 	verified  atomic.Uint64 // the seq the epoch was last verified at
@@ -80,14 +85,15 @@ const (
 )
 
 func newRecovery(r *Registry) *recovery {
-	return &recovery{r: r, key: r.keys.recovery(), pending: map[string]bool{}, verifying: make(chan struct{}, 1),
-		kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	return &recovery{r: r, key: r.keys.recovery(), pending: map[string]knownMember{}, restorable: map[string]knownMember{}, verifying: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), restoreKick: make(chan struct{}, 1), quit: make(chan struct{})}
 }
 
 func (h *recovery) start() {
 	h.seq.Store(1) // unverified until the first observation
-	h.wg.Add(1)
+	h.wg.Add(2)
 	go h.run()
+	go h.restoreLoop()
 	h.wake()
 }
 
@@ -109,10 +115,10 @@ func (h *recovery) wake() {
 // who was live before anything is re-read, and asks for a verification.
 func (h *recovery) onFlush() {
 	live := h.r.snapshotLive()
-	h.r.log.Debug("recovery event", "live", live)
+	h.r.log.Debug("recovery event", "live", len(live))
 	h.mu.Lock()
-	for _, id := range live {
-		h.pending[id] = true
+	for _, k := range live {
+		mergeKnown(h.pending, k)
 	}
 	h.mu.Unlock()
 	h.state.Store(nil)
@@ -179,16 +185,18 @@ func (h *recovery) verify(ctx context.Context) error {
 	}
 	h.mu.Lock()
 	last := h.epoch
-	ids := make([]string, 0, len(h.pending))
-	for id := range h.pending {
-		ids = append(ids, id)
-	}
+	known := maps.Clone(h.pending)
 	h.mu.Unlock()
-	slices.Sort(ids)
+	ids := slices.Sorted(maps.Keys(known))
 
 	token := make([]byte, 6)
 	_, _ = rand.Read(token)
-	args := append([]string{last, strconv.FormatInt(h.r.opt.HoldMax.Milliseconds(), 10), hex.EncodeToString(token)}, ids...)
+	args := []string{last, strconv.FormatInt(h.r.opt.HoldMax.Milliseconds(), 10), hex.EncodeToString(token)}
+	for _, id := range ids {
+		// Each member is held for its own record TTL as last observed
+		// (unknown: HoldMax); HoldMax caps it.
+		args = append(args, id, strconv.FormatInt(known[id].ttl.Milliseconds(), 10))
+	}
 	ctx, cancel := h.r.callCtx(ctx)
 	defer cancel()
 	sent := time.Now()
@@ -223,6 +231,14 @@ func (h *recovery) verify(ctx context.Context) error {
 		return nil
 	}
 	h.epoch = epoch
+	if wiped == 1 {
+		for id, k := range known {
+			if _, held := st.held[id]; held && k.raw != "" {
+				mergeKnown(h.restorable, k)
+			}
+		}
+		h.nRestorable.Store(int64(len(h.restorable)))
+	}
 	clear(h.pending)
 	h.state.Store(st)
 	h.verified.Store(seq)
@@ -333,9 +349,13 @@ func (h *recovery) read(ctx context.Context) (*holdState, error) {
 		return nil, err
 	}
 	st := &holdState{epoch: fields["epoch"], held: map[string]int64{}}
+	// Clamped as observeScript clamps: a hand-written deadline far ahead
+	// holds no longer than this replica could have written.
+	limit := time.Now().UnixMilli() + h.offsetMs.Load() + h.r.opt.HoldMax.Milliseconds()
 	for f, v := range fields {
 		if id, ok := strings.CutPrefix(f, heldField); ok {
-			st.held[id], _ = strconv.ParseInt(v, 10, 64)
+			dl, _ := strconv.ParseInt(v, 10, 64)
+			st.held[id] = min(dl, limit)
 		}
 	}
 	if h.seq.Load() == seq {
@@ -372,29 +392,83 @@ func (g guard) settle(ctx context.Context) error {
 // registry.
 func (g guard) changed() bool { return g.h.seq.Load() != g.seq }
 
+// knownMember is what this replica knew of a live member just before a
+// wipe: enough to hold it for its own TTL and, on evidence, to restore it
+// (restore.go).
+type knownMember struct {
+	id    string
+	raw   string        // its address field
+	ttl   time.Duration // its record TTL as observed, 0 unknown
+	dests []binding     // destinations cached with it in their set
+}
+
+// binding is a destination and its set as cached (shared, read-only).
+type binding struct {
+	dest string
+	ids  []string
+}
+
+// mergeKnown adds k to m without losing what m knew: events come in
+// bursts, and a snapshot taken after requests re-read the wiped sets knows
+// less than the one taken before.
+func mergeKnown(m map[string]knownMember, k knownMember) {
+	old, ok := m[k.id]
+	if !ok {
+		m[k.id] = k
+		return
+	}
+	if old.raw == "" {
+		old.raw = k.raw
+	}
+	old.ttl = max(old.ttl, k.ttl)
+	for _, b := range k.dests {
+		if len(old.dests) < maxSnapshotDests && !slices.ContainsFunc(old.dests, func(o binding) bool { return o.dest == b.dest }) {
+			old.dests = append(old.dests, b)
+		}
+	}
+	m[k.id] = old
+}
+
+// maxSnapshotDests bounds the bindings remembered per member.
+const maxSnapshotDests = 10000
+
 // snapshotLive lists the members this replica last knew live, from the
 // derived caches (which a flush does not empty): every member's record it
-// read and the members set's view.
-func (r *Registry) snapshotLive() []string {
-	seen := map[string]bool{}
+// read and the members set's view, each with the destinations cached with
+// it.
+func (r *Registry) snapshotLive() []knownMember {
+	seen := map[string]*knownMember{}
 	for _, id := range r.members.Keys() {
 		if e, ok := r.members.Peek(id); ok && e.live {
-			seen[id] = true
+			seen[id] = &knownMember{id: id, raw: e.raw, ttl: e.ttl}
 		}
 	}
 	if e := r.all.Load(); e != nil {
 		if v := e.set.view.Load(); v != nil {
 			for _, c := range v.live {
-				seen[c.ID] = true
+				if seen[c.ID] == nil {
+					seen[c.ID] = &knownMember{id: c.ID}
+				}
 			}
 			for _, id := range v.unroutable {
-				seen[id] = true
+				if seen[id] == nil {
+					seen[id] = &knownMember{id: id}
+				}
 			}
 		}
 	}
-	out := make([]string, 0, len(seen))
-	for id := range seen {
-		out = append(out, id)
+	for _, dest := range r.sets.Keys() {
+		if e, ok := r.sets.Peek(dest); ok {
+			for _, id := range e.set.ids {
+				if k := seen[id]; k != nil && len(k.dests) < maxSnapshotDests {
+					k.dests = append(k.dests, binding{dest: dest, ids: e.set.ids})
+				}
+			}
+		}
+	}
+	out := make([]knownMember, 0, len(seen))
+	for _, k := range seen {
+		out = append(out, *k)
 	}
 	return out
 }
@@ -449,11 +523,15 @@ func (r *Registry) RecoveryHold(ctx context.Context) (HoldStatus, error) {
 }
 
 // observeScript (KEYS[1] = P:recovery; ARGV = last epoch seen or "",
-// hold max ms, a random token, member ids live before the event). A
-// missing epoch is created as "<server ms>-<token>". A wipe is observed
-// when this replica had seen an epoch and finds it missing or different;
-// the replica's members are then held until the wipe's time + hold max
-// (never shortened). Expired held fields are pruned. Returns
+// hold max ms, a random token, then pairs of a member id live before the
+// event and its record TTL in ms, 0 unknown). A missing epoch is created
+// as "<server ms>-<token>". A wipe is observed when this replica had seen
+// an epoch and finds it missing or different; the replica's members are
+// then held until the wipe's time + their TTL, capped by hold max (never
+// shortened). An epoch time in the future counts as now, and no deadline
+// is reported past now + hold max (SPEC §4: what is read back from Valkey
+// about the hold is clamped to what a replica could have written). Expired
+// held fields are pruned. Returns
 // {epoch, server ms, wiped 0/1, id, deadline, id, deadline, ...}.
 var observeScript = valkey.NewLuaScript(`
 local t = redis.call('TIME')
@@ -467,11 +545,18 @@ if not cur then
 elseif cur ~= ARGV[1] then
   since = tonumber(string.match(cur, '^%d+')) or now
 end
+if since > now then
+  since = now -- an epoch from the future (written by hand) is a wipe now, no earlier or later
+end
 local wiped = 0
 if ARGV[1] ~= '' and cur ~= ARGV[1] and now - since < holdMax then
   wiped = 1
-  local dl = since + holdMax
-  for i = 4, #ARGV do
+  for i = 4, #ARGV - 1, 2 do
+    local ttl = tonumber(ARGV[i + 1]) or 0
+    if ttl <= 0 or ttl > holdMax then
+      ttl = holdMax
+    end
+    local dl = since + ttl
     local f = 'held:' .. ARGV[i]
     local old = tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0
     if dl > old then
@@ -488,8 +573,9 @@ for i = 1, #all, 2 do
     if dl <= now then
       redis.call('HDEL', KEYS[1], f)
     else
+      -- never longer than this replica could have written
       table.insert(out, string.sub(f, 6))
-      table.insert(out, dl)
+      table.insert(out, math.min(dl, now + holdMax))
     end
   end
 end

@@ -309,10 +309,12 @@ func (r *Registry) invalidateKey(key string) {
 			e.invalid.Store(true)
 		}
 	case strings.HasPrefix(key, r.keys.memberPrefix):
-		if e, ok := r.members.Peek(key[len(r.keys.memberPrefix):]); ok {
+		id := key[len(r.keys.memberPrefix):]
+		if e, ok := r.members.Peek(id); ok {
 			e.invalid.Store(true)
 		}
 		r.memberGen.Add(1)
+		r.recovery.onMemberWrite(id)
 	case strings.HasPrefix(key, r.keys.downPrefix):
 		if e, ok := r.members.Peek(key[len(r.keys.downPrefix):]); ok {
 			e.mark.invalid.Store(true)

@@ -1,0 +1,207 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
+)
+
+// nodePod plays a @platformatic/coordinator Member with its exact
+// commands: register (SADD members, HSET address+load, EXPIRE), then a
+// heartbeat every interval (HSET load, EXPIRE), which after a wipe
+// re-creates the record with load alone. It stops when ctx ends.
+func nodePod(ctx context.Context, t *testing.T, c valkey.Client, id string, port int, ttl, every time.Duration) {
+	t.Helper()
+	key := "coordinator:member:" + id
+	secs := strconv.Itoa(int(ttl.Seconds()))
+	do(t, c, "SADD", "coordinator:members", id)
+	do(t, c, "HSET", key, "address", fmt.Sprintf("http://127.0.0.1:%d", port), "load", "0")
+	do(t, c, "EXPIRE", key, secs)
+	go func() {
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			c.DoMulti(cctx, c.B().Hset().Key(key).FieldValue().FieldValue("load", strconv.Itoa(n%3)).Build(),
+				c.B().Expire().Key(key).Seconds(int64(ttl.Seconds())).Build())
+			cancel()
+		}
+	}()
+}
+
+// SPEC §3 "Node pods after a wipe": Node pods heartbeating every second
+// route again within 3 s of a FLUSHALL and of a restart of Valkey empty,
+// and stay routed (fan-out sets whole, no second owner); a pod whose
+// heartbeats stopped before the wipe is not restored.
+func TestNodeFleetRestoredAfterWipe(t *testing.T) {
+	wipes := []struct {
+		name string
+		wipe func(srv *valkeytest.Server, c valkey.Client)
+	}{
+		{"FLUSHALL", func(_ *valkeytest.Server, c valkey.Client) { do(t, c, "FLUSHALL") }},
+		{"SIGKILL and empty restart", func(srv *valkeytest.Server, _ valkey.Client) { srv.Restart() }},
+	}
+	for _, w := range wipes {
+		t.Run(w.name, func(t *testing.T) {
+			srv := valkeytest.Start(t)
+			c := rawClient(t, srv)
+			r := newRegistry(t, srv, func(o *Options) { o.HoldMax = 4 * time.Second })
+			ctx, stop := context.WithCancel(context.Background())
+			t.Cleanup(stop)
+			nodePod(ctx, t, c, "node-a", 7001, 30*time.Second, time.Second)
+			nodePod(ctx, t, c, "node-b", 7002, 30*time.Second, time.Second)
+			stoppedCtx, stopC := context.WithCancel(ctx)
+			nodePod(stoppedCtx, t, c, "node-c", 7003, 30*time.Second, time.Second)
+			bindings := map[string][]string{"da": {"node-a"}, "db": {"node-b"}, "fan": {"node-a", "node-b"}, "dc": {"node-c"}}
+			for d, ids := range bindings {
+				do(t, c, append([]string{"SADD", "coordinator:destination:" + d}, ids...)...)
+			}
+			var last string
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("last routing error: %s", last)
+				}
+			})
+			routes := func(d string, want ...string) bool {
+				got := map[string]bool{}
+				for range 4 {
+					dec, err := route(t, r, d, RouteOptions{})
+					if err != nil {
+						last = fmt.Sprintf("%s: %v", d, err)
+						return false
+					}
+					got[dec.Member.ID] = true
+				}
+				for _, id := range want {
+					if !got[id] {
+						return false
+					}
+				}
+				if len(got) != len(want) {
+					last = fmt.Sprintf("%s: routed to %v, want %v", d, got, want)
+				}
+				return len(got) == len(want)
+			}
+			for d, ids := range bindings {
+				eventually(t, 2*time.Second, "warm "+d, func() bool { return routes(d, ids...) })
+			}
+			stopC() // node-c stops heartbeating before the wipe: no evidence later
+
+			w.wipe(srv, c)
+			wiped := time.Now()
+			// The replica has observed the wipe once the silent pod's
+			// destination answers "recovering" (its set is gone, it is held).
+			eventually(t, 3*time.Second, "the wipe observed", func() bool {
+				_, err := route(t, r, "dc", RouteOptions{})
+				return errors.Is(err, ErrRecovering)
+			})
+			eventually(t, 3*time.Second, "the Node pods' destinations route to them again", func() bool {
+				return routes("da", "node-a") && routes("db", "node-b") && routes("fan", "node-a", "node-b")
+			})
+			t.Logf("%s: Node fleet routed again %s after the wipe", w.name, time.Since(wiped).Round(time.Millisecond))
+			// It stays so: two more heartbeats later, nothing moved.
+			time.Sleep(2 * time.Second) // two heartbeats of the Node pods: the state must hold, not just appear
+			for d, ids := range bindings {
+				if d == "dc" {
+					continue
+				}
+				if !routes(d, ids...) {
+					t.Errorf("%s no longer routes to %v", d, ids)
+				}
+				if got := smembers(t, c, "coordinator:destination:"+d); !slices.Equal(got, ids) {
+					t.Errorf("%s = %v after the restore, want %v", d, got, ids)
+				}
+			}
+			if got := smembers(t, c, "coordinator:members"); !slices.Equal(got, []string{"node-a", "node-b"}) {
+				t.Errorf("members = %v, want node-a and node-b (node-c sent no heartbeat)", got)
+			}
+			if n, _ := do(t, c, "EXISTS", "coordinator:member:node-c", "coordinator:destination:dc").AsInt64(); n != 0 {
+				t.Errorf("node-c (silent since before the wipe) was restored")
+			}
+			if _, err := route(t, r, "dc", RouteOptions{}); !errors.Is(err, ErrRecovering) && !errors.Is(err, ErrNotFound) {
+				t.Errorf("dc: %v, want recovering or not found", err)
+			}
+		})
+	}
+}
+
+// SPEC §3: a hold ends at the latest after the held members' own TTL (as
+// observed), not after the flag: members with a 3 s TTL that never return
+// are released within TTL + 1.5 s of the wipe although the flag says 30 s.
+func TestHoldEndsByMemberTTL(t *testing.T) {
+	const ttl = 3 * time.Second
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	r := newRegistry(t, srv, func(o *Options) { o.HoldMax = 30 * time.Second })
+	for i, id := range []string{"short-a", "short-b"} {
+		do(t, c, "SADD", "coordinator:members", id)
+		do(t, c, "HSET", "coordinator:member:"+id, "address", fmt.Sprintf("http://127.0.0.1:%d", 7100+i), "load", "0")
+		do(t, c, "EXPIRE", "coordinator:member:"+id, strconv.Itoa(int(ttl.Seconds())))
+		do(t, c, "SADD", "coordinator:destination:d-"+id, id)
+		if _, err := route(t, r, "d-"+id, RouteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do(t, c, "FLUSHALL")
+	wiped := time.Now()
+	for {
+		_, err := route(t, r, "d-short-a", RouteOptions{})
+		if errors.Is(err, ErrNotFound) {
+			break
+		}
+		if !errors.Is(err, ErrRecovering) {
+			t.Fatalf("during the hold: %v", err)
+		}
+		if time.Since(wiped) > ttl+1500*time.Millisecond {
+			t.Fatalf("hold still in force %s after the wipe; the members' TTL is %s", time.Since(wiped).Round(time.Millisecond), ttl)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ended := time.Since(wiped)
+	t.Logf("hold for 3 s-TTL members ended %s after the wipe (flag 30 s)", ended.Round(time.Millisecond))
+	if ended < ttl-time.Second {
+		t.Fatalf("hold ended after %s, before the members' TTL %s", ended, ttl)
+	}
+}
+
+// Anything read back about the hold is clamped to what a replica could
+// have written: a deadline far ahead and an epoch from the future hold no
+// longer than the hold's maximum.
+func TestHoldReadBackIsClamped(t *testing.T) {
+	const holdMax = 1500 * time.Millisecond
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	r := newRegistry(t, srv, func(o *Options) { o.HoldMax = holdMax })
+	nodeMember(t, c, "coordinator", "m", 7001, 0)
+	eventually(t, time.Second, "epoch written", func() bool {
+		n, _ := do(t, c, "HEXISTS", "coordinator:recovery", "epoch").AsInt64()
+		return n == 1
+	})
+	for _, tc := range []struct{ name, field, value string }{
+		{"held deadline in the year 5138", "held:ghost", "99999999999999"},
+		{"epoch from the future", "epoch", "99999999999999-evil"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			do(t, c, "HSET", "coordinator:recovery", tc.field, tc.value)
+			start := time.Now()
+			eventually(t, holdMax+2*time.Second, "claims work again", func() bool {
+				d, err := route(t, r, fmt.Sprintf("claim-%d", time.Now().UnixNano()), RouteOptions{ClaimOnMiss: true})
+				return err == nil && d.Result == ResultClaimed
+			})
+			t.Logf("%s: claims answered again %s later (hold max %s)", tc.name, time.Since(start).Round(time.Millisecond), holdMax)
+		})
+	}
+}
