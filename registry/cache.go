@@ -75,6 +75,7 @@ type setView struct {
 	lanes      uint64 // the lanes its records were read from
 	noLane     bool   // a record came from a slot no known master held
 	live       []strategy.Candidate
+	takers     []strategy.Candidate // live and not draining: may take new destinations
 	dead       []string
 	unroutable []string
 }
@@ -101,11 +102,14 @@ type memberEntry struct {
 	host   string // its hostname, when the address is not an IP literal
 	dnsGen uint64 // the resolver's generation its address was taken at
 	id     string
-	live   bool   // the record has a non-empty address and no down mark for it
-	down   bool   // the record has an address, but a down mark names it
-	addr   string // IP:port; empty when unroutable (kept when down, for re-probes)
-	raw    string // the record's address field as the pod wrote it
-	load   int64
+	live   bool // the record has a non-empty address and no down mark for it
+	down   bool // the record has an address, but a down mark names it
+	// draining: the member is leaving (SPEC §8.2): it keeps what it holds
+	// and takes nothing new.
+	draining bool
+	addr     string // IP:port; empty when unroutable (kept when down, for re-probes)
+	raw      string // the record's address field as the pod wrote it
+	load     int64
 	// ttl is the record's TTL as first observed (PTTL rounded up to a
 	// second, 0 unknown): how long a silent member stays held after a
 	// wipe (recovery.go).
@@ -338,7 +342,9 @@ func (r *Registry) memberFromFields(id string, fields map[string]string, mark st
 	e.raw = raw
 	e.down = isDown(raw, mark)
 	e.live = !e.down
+	e.draining = fields[drainingField] != ""
 	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
+	e.load = max(e.load, 0)                              // a negative load would win every least-loaded pick
 	if host, _, err := splitAddress(raw); err == nil {
 		if _, perr := netip.ParseAddr(host); perr != nil {
 			e.host = host // rebuilt when its DNS answer appears or changes (onResolved)
@@ -416,6 +422,9 @@ func (r *Registry) buildView(ms []*memberEntry, gen uint64, set *freshness) *set
 			v.unroutable = append(v.unroutable, m.id)
 		default:
 			v.live = append(v.live, m.candidate())
+			if !m.draining {
+				v.takers = append(v.takers, m.candidate())
+			}
 		}
 	}
 	return v

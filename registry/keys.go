@@ -36,6 +36,9 @@ func (k keys) lock(id string) string   { return k.lockPrefix + id }
 func (k keys) recovery() string        { return k.recoveryKey }
 func (k keys) down(id string) string   { return k.downPrefix + id }
 
+// handoffQueue is a member's queue of handoff requests (rebalance).
+func (k keys) handoffQueue(id string) string { return k.prefix + ":handoff:" + id }
+
 // ValidateID reports whether id may be used in a key: 1 to MaxIDLen bytes of
 // visible ASCII (no spaces, control bytes or non-ASCII). It allocates
 // nothing on success and is meant to run before any Valkey access.

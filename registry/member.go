@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valkey-io/valkey-go"
@@ -37,6 +38,18 @@ type MemberOptions struct {
 	Load   func() int64
 	Logger *slog.Logger
 	Now    func() time.Time
+
+	// Handoff carries a destination's state to a peer (SPEC §8.2). With
+	// it, Run hands everything off before it deregisters and serves
+	// rebalance requests; without it, Run just deregisters.
+	Handoff HandoffFunc
+	// HandoffTimeout bounds one hook call (default 10 s); DrainTimeout
+	// the whole departure (default 30 s: keep Kubernetes'
+	// terminationGracePeriodSeconds above it); HandoffParallel how many
+	// run at once (default 4); HandoffPoll how often the request queue is
+	// read (default 1 s).
+	HandoffTimeout, DrainTimeout, HandoffPoll time.Duration
+	HandoffParallel                           int
 }
 
 // Member is a pod's presence in the registry. It remembers the
@@ -50,6 +63,9 @@ type Member struct {
 	mu    sync.Mutex
 	dests map[string]struct{}
 	locks map[string]heldLock
+
+	draining atomic.Bool
+	handoffs HandoffStats
 }
 
 type heldLock struct {
@@ -104,6 +120,18 @@ func NewMember(opt MemberOptions) (*Member, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.HandoffTimeout <= 0 {
+		opt.HandoffTimeout = 10 * time.Second
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 30 * time.Second
+	}
+	if opt.HandoffPoll <= 0 {
+		opt.HandoffPoll = time.Second
+	}
+	if opt.HandoffParallel <= 0 {
+		opt.HandoffParallel = 4
+	}
 	return &Member{opt: opt, keys: newKeys(opt.Prefix), dests: map[string]struct{}{}, locks: map[string]heldLock{}}, nil
 }
 
@@ -128,11 +156,17 @@ func (m *Member) do(ctx context.Context, cmds ...valkey.Completed) error {
 // A registration also lifts a down mark (downmarks.go): the pod is here.
 func (m *Member) registerCmds(load int64) []valkey.Completed {
 	b := m.opt.Client.B()
+	args := []string{m.opt.Address, strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)}
+	if m.opt.Handoff != nil {
+		args = append(args, handoffField, "1")
+	}
+	if m.draining.Load() {
+		args = append(args, drainingField, "1") // a drain survives a re-registration
+	}
 	return []valkey.Completed{
 		b.Del().Key(m.keys.down(m.opt.ID)).Build(),
 		b.Sadd().Key(m.keys.members()).Member(m.opt.ID).Build(),
-		b.Eval().Script(registerSrc).Numkeys(1).Key(m.keys.member(m.opt.ID)).
-			Arg(m.opt.Address, strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)).Build(),
+		b.Eval().Script(registerSrc).Numkeys(1).Key(m.keys.member(m.opt.ID)).Arg(args...).Build(),
 	}
 }
 
@@ -228,12 +262,23 @@ func (m *Member) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(m.opt.HeartbeatInterval)
 	defer t.Stop()
+	var requests <-chan time.Time
+	if m.opt.Handoff != nil {
+		rt := time.NewTicker(m.opt.HandoffPoll)
+		defer rt.Stop()
+		requests = rt.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			if m.opt.Handoff != nil {
+				return m.Leave(context.WithoutCancel(ctx))
+			}
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opt.Timeout)
 			defer cancel()
 			return m.Deregister(dctx)
+		case <-requests:
+			m.serveRequests(ctx)
 		case <-t.C:
 			m.retry(ctx, "heartbeat", func() error {
 				_, err := m.Heartbeat(ctx, m.opt.Load())

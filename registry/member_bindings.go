@@ -138,6 +138,9 @@ func (m *Member) UnregisterLock(ctx context.Context, lockID string) error {
 type PeerLoad struct {
 	ID, Address string
 	Load        int64
+	// Draining: leaving, takes nothing new; Handoff: a Go Member that
+	// hands off on request (Node pods cannot).
+	Draining, Handoff bool
 }
 
 // ListPeerLoad returns every live member (this one included) with its
@@ -170,7 +173,8 @@ func (m *Member) ListPeerLoad(ctx context.Context) ([]PeerLoad, error) {
 			continue // gone, or marked down by a coordinator
 		}
 		load, _ := strconv.ParseInt(f["load"], 10, 64)
-		out = append(out, PeerLoad{ID: ids[i], Address: f["address"], Load: load})
+		out = append(out, PeerLoad{ID: ids[i], Address: f["address"], Load: max(load, 0),
+			Draining: f[drainingField] != "", Handoff: f[handoffField] != ""})
 	}
 	return out, nil
 }
@@ -196,7 +200,7 @@ func (m *Member) FanOut(ctx context.Context, destID string) (PeerLoad, error) {
 	}
 	best := -1
 	for i, p := range peers {
-		if p.ID == m.opt.ID || slices.Contains(serving, p.ID) {
+		if p.ID == m.opt.ID || p.Draining || slices.Contains(serving, p.ID) {
 			continue
 		}
 		if best < 0 || p.Load < peers[best].Load {

@@ -247,13 +247,13 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 	if err != nil {
 		return strategy.Candidate{}, err
 	}
-	live := v.live
+	live := v.takers // draining members take nothing new (SPEC §8.2)
 	if len(live) == 0 {
 		// A negative answer: confirm it against Valkey itself, past every
 		// cache (a member may have registered a moment ago).
 		if ids, rerr := r.readSet(ctx, r.keys.members()); rerr == nil && len(ids) > 0 {
-			if _, alive, cerr := r.confirmDead(ctx, ids); cerr == nil {
-				live = alive
+			if takers, cerr := r.confirmTakers(ctx, ids); cerr == nil {
+				live = takers
 			}
 		}
 	}
@@ -288,6 +288,40 @@ func (r *Registry) readSet(ctx context.Context, key string) ([]string, error) {
 // confirmDead re-reads the addresses of ids bypassing every cache and
 // splits them into dead ids and live candidates.
 func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string, alive []strategy.Candidate, err error) {
+	ms, err := r.confirmMembers(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, m := range ms {
+		switch {
+		case !m.live:
+			dead = append(dead, m.id)
+		case m.addr != "":
+			alive = append(alive, m.candidate())
+		}
+	}
+	return dead, alive, nil
+}
+
+// confirmTakers re-reads ids bypassing every cache and returns those that
+// may take a new destination: live, routable, not draining.
+func (r *Registry) confirmTakers(ctx context.Context, ids []string) ([]strategy.Candidate, error) {
+	ms, err := r.confirmMembers(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []strategy.Candidate
+	for _, m := range ms {
+		if m.live && m.addr != "" && !m.draining {
+			out = append(out, m.candidate())
+		}
+	}
+	return out, nil
+}
+
+// confirmMembers reads the records and marks of ids past every cache;
+// malformed records are left out (neither dead nor routable).
+func (r *Registry) confirmMembers(ctx context.Context, ids []string) ([]*memberEntry, error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	cmds := make([]valkey.Completed, 0, 2*len(ids))
@@ -295,26 +329,21 @@ func (r *Registry) confirmDead(ctx context.Context, ids []string) (dead []string
 		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Get().Key(r.keys.down(id)).Build())
 	}
 	res := r.client.DoMulti(ctx, cmds...)
+	out := make([]*memberEntry, 0, len(ids))
 	for i := range ids {
 		fields, err := res[2*i].AsStrMap()
 		if err = r.valkeyErr(err); errors.Is(err, ErrMalformedRecord) {
 			continue // neither dead nor routable: left alone
 		} else if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		mark, err := r.markOf(res[2*i+1])
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		m := r.memberFromFields(ids[i], fields, mark)
-		switch {
-		case !m.live:
-			dead = append(dead, ids[i])
-		case m.addr != "":
-			alive = append(alive, m.candidate())
-		}
+		out = append(out, r.memberFromFields(ids[i], fields, mark))
 	}
-	return dead, alive, nil
+	return out, nil
 }
 
 func (r *Registry) runSetScript(ctx context.Context, s *valkey.Lua, key string, args []string) ([]string, error) {

@@ -61,10 +61,11 @@ return 1
 `)
 
 // registerSrc writes a member record and its TTL in one step (KEYS[1] =
-// P:member:<id>; ARGV = address, load, TTL ms), so a record never exists
-// without expiry. It is sent as EVAL in the registration pipeline.
+// P:member:<id>; ARGV = address, load, TTL ms, then extra field/value
+// pairs: the Go Member's capabilities and drain state), so a record never
+// exists without expiry. It is sent as EVAL in the registration pipeline.
 const registerSrc = `
-redis.call('HSET', KEYS[1], 'address', ARGV[1], 'load', ARGV[2])
+redis.call('HSET', KEYS[1], 'address', ARGV[1], 'load', ARGV[2], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `
