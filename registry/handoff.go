@@ -146,6 +146,7 @@ func (m *Member) handoffTo(ctx context.Context, destID string, to PeerLoad) erro
 	fail := func(err error) error {
 		m.handoffs.Failed.Add(1)
 		m.opt.Logger.Warn("handoff failed; the destination stays here", "member", m.opt.ID, "destination", destID, "to", to.ID, "err", err)
+		m.told(destID, to, err)
 		return err
 	}
 	c := m.opt.Client
@@ -184,7 +185,17 @@ func (m *Member) handoffTo(ctx context.Context, destID string, to PeerLoad) erro
 	m.handoffs.Done.Add(1)
 	m.handoffs.Nanos.Add(int64(took))
 	m.opt.Logger.Info("destination handed off", "member", m.opt.ID, "destination", destID, "to", to.ID, "fanout", n == 2, "took", took)
+	if n == 2 {
+		to = PeerLoad{} // others already served it; nobody took anything over
+	}
+	m.told(destID, to, nil)
 	return nil
+}
+
+func (m *Member) told(destID string, to PeerLoad, err error) {
+	if m.opt.OnHandoff != nil {
+		m.opt.OnHandoff(destID, to, err)
+	}
 }
 
 // peerLive reads a peer's record and down mark.

@@ -43,6 +43,11 @@ type MemberOptions struct {
 	// it, Run hands everything off before it deregisters and serves
 	// rebalance requests; without it, Run just deregisters.
 	Handoff HandoffFunc
+	// OnHandoff, if set, is told how each handoff ended, after the owner
+	// switch (err nil) or without it: the application then forwards or
+	// resumes the destination's requests. to.ID is empty when the member
+	// only left a fan-out set.
+	OnHandoff func(destID string, to PeerLoad, err error)
 	// HandoffTimeout bounds one hook call (default 10 s); DrainTimeout
 	// the whole departure (default 30 s: keep Kubernetes'
 	// terminationGracePeriodSeconds above it); HandoffParallel how many

@@ -92,6 +92,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	member, err := registry.NewMember(registry.MemberOptions{
 		Client: client, Prefix: o.prefix, ID: o.id, Address: o.advertise,
 		TTL: o.ttl, HeartbeatInterval: o.heartbeat, Load: p.load, Logger: log,
+		// On SIGTERM the pod drains and hands every tenant to a peer
+		// before it deregisters (SPEC §8.2); rebalance requests too.
+		Handoff: p.handoff, OnHandoff: p.handedOff, HandoffPoll: 200 * time.Millisecond,
 	})
 	if err != nil {
 		return err
@@ -118,8 +121,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	case <-ctx.Done():
 	}
-	// Deregister first so coord-extproc moves the tenants at once, then
-	// let in-flight requests finish.
+	// Hand every tenant off and deregister (member.Run does both when its
+	// context ends), then keep serving a moment: requests routed here
+	// before the switch still arrive, and are forwarded.
 	stopMember()
 	if err := <-memberDone; err != nil {
 		log.Warn("deregistration failed", "err", err)

@@ -30,6 +30,12 @@ type pod struct {
 	total    atomic.Int64   // in-flight requests
 
 	hot map[string]time.Time // destination -> over the cap since
+
+	// Planned moves (handoff.go): tenants on the move, and where moved
+	// tenants went.
+	moving  map[string]chan struct{}
+	movedTo map[string]string
+	client  *http.Client
 }
 
 type tx struct {
@@ -39,7 +45,8 @@ type tx struct {
 
 func newPod(log *slog.Logger, o options) *pod {
 	return &pod{log: log, opt: o, tenants: map[string]map[string]string{}, txs: map[string]*tx{},
-		inflight: map[string]int{}, hot: map[string]time.Time{}}
+		inflight: map[string]int{}, hot: map[string]time.Time{},
+		moving: map[string]chan struct{}{}, movedTo: map[string]string{}, client: &http.Client{Timeout: 10 * time.Second}}
 }
 
 // load is the figure sent with heartbeats: open transactions plus
@@ -67,6 +74,7 @@ func (p *pod) routes() http.Handler {
 	mux.HandleFunc("GET /transactions/{lock}/keys/{key}", p.txGet)
 	mux.HandleFunc("POST /transactions/{lock}/commit", p.txEnd(true))
 	mux.HandleFunc("POST /transactions/{lock}/rollback", p.txEnd(false))
+	mux.HandleFunc("POST /internal/handoff/{tenant}", p.receive)
 	return mux
 }
 
@@ -123,6 +131,9 @@ func (p *pod) tracked(h func(http.ResponseWriter, *http.Request, string)) http.H
 		tenant := r.PathValue("tenant")
 		if err := registry.ValidateID(tenant); err != nil {
 			p.fail(w, 400, "invalid tenant id")
+			return
+		}
+		if p.moved(w, r, tenant) {
 			return
 		}
 		p.total.Add(1)
