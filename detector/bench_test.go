@@ -3,8 +3,8 @@ package detector
 import (
 	"context"
 	"net"
-	"strconv"
 	"runtime"
+	"strconv"
 	"testing"
 
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
