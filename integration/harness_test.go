@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,6 +143,8 @@ type stackOptions struct {
 	// sharedGateway puts one gateway in front of every replica (its
 	// coord_extproc cluster lists them all) instead of one each.
 	sharedGateway bool
+	// pods is how many demo pods start (default 3).
+	pods int
 }
 
 type stack struct {
@@ -193,7 +196,10 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		s.url = s.valkey.URL()
 	}
 	s.raw = valkeytest.ClientFor(t, s.url)
-	for i := 0; i < 3; i++ {
+	if o.pods == 0 {
+		o.pods = 3
+	}
+	for i := 0; i < o.pods; i++ {
 		s.startPod(fmt.Sprintf("pod-%d", i+1), o)
 	}
 	var all []string
@@ -210,20 +216,47 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	return s
 }
 
-// startCoord starts replica i of coord-extproc without waiting for it.
+// startCoord starts replica i of coord-extproc on ports it picks itself
+// (a port probed free and closed can be taken by another process before
+// the child binds it: that flaked on a busy machine) and reads them from
+// its first log line.
 func (s *stack) startCoord(o stackOptions, i int) *coord {
-	c := &coord{grpc: freeAddr(s.t), metrics: freeAddr(s.t)}
-	args := []string{"--listen", c.grpc, "--metrics-listen", c.metrics, "--valkey", s.url, "--allow-upstream", "127.0.0.0/8",
+	args := []string{"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--valkey", s.url, "--allow-upstream", "127.0.0.0/8",
 		"--routes", "../envoy/demo-routes.yaml", "--strategy", o.strategy,
 		"--recovery-hold-max", o.podTTL.String(), "--log-format", "text"}
-	c.proc = start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord, append(args, o.coordArgs...)...)
+	c := &coord{proc: start(s.t, fmt.Sprintf("coord-extproc-%d", i+1), bins.coord, append(args, o.coordArgs...)...)}
+	m := c.proc.waitLog(s.t, 10*time.Second, `coord-extproc listening.* listen=(\S+) metrics=(\S+)`)
+	c.grpc, c.metrics = m[1], m[2]
 	s.coords = append(s.coords, c)
 	return c
 }
 
+// waitLog polls the process's log until re matches and returns its
+// submatches; a process that exits first fails the test at once.
+func (p *process) waitLog(t *testing.T, within time.Duration, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(within)
+	for {
+		b, _ := os.ReadFile(p.log)
+		if m := rx.FindStringSubmatch(string(b)); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before logging %q:\n%s", p.name, re, tail(b, 2000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not log %q within %s", p.name, re, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (s *stack) startPod(id string, o stackOptions) *pod {
 	s.t.Helper()
-	return s.startPodAt(id, freeAddr(s.t), o)
+	return s.startPodAt(id, "127.0.0.1:0", o)
 }
 
 // startPodAt starts a pod listening on addr (a restart on the same address).
@@ -235,6 +268,7 @@ func (s *stack) startPodAt(id, addr string, o stackOptions) *pod {
 		args = append(args, "--fanout-cap", fmt.Sprint(o.fanoutCap), "--fanout-hold", "200ms")
 	}
 	p.proc = start(s.t, id, bins.pod, args...)
+	p.addr = p.proc.waitLog(s.t, 10*time.Second, `demopod ready.* addr=(\S+)`)[1]
 	waitFor(s.t, 5*time.Second, id+" registered", func() bool {
 		n, _ := s.raw.Do(context.Background(), s.raw.B().Exists().Key("coordinator:member:"+id).Build()).AsInt64()
 		return n == 1
@@ -247,7 +281,10 @@ func (s *stack) startPodAt(id, addr string, o stackOptions) *pod {
 // with only its ports rewritten.
 func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
 	s.t.Helper()
-	listen := freeAddr(s.t)
+	listen := "127.0.0.1:0" // the stand-in's bound address is read from its log
+	if o.gateway == "envoy" {
+		listen = freeAddr(s.t)
+	}
 	cfg := filepath.Join("..", "envoy", o.config)
 	if len(o.edit) > 0 {
 		b, err := os.ReadFile(cfg)
@@ -289,7 +326,8 @@ func (s *stack) startGateway(o stackOptions, c *coord, i int) string {
 		start(s.t, fmt.Sprintf("envoy-%d", i+1), os.Getenv("ENVOY_BIN"), "-c", cfg, "--base-id", fmt.Sprint(time.Now().UnixNano()%100000), "--log-level", "warn")
 		waitFor(s.t, 15*time.Second, "envoy ready", func() bool { return s.status("http://"+admin+"/ready") == 200 })
 	} else {
-		start(s.t, fmt.Sprintf("gateway-%d", i+1), bins.gateway, append([]string{"--config", cfg, "--listen", listen, "--coord-extproc", c.grpc, "-v"}, o.gatewayArgs...)...)
+		gw := start(s.t, fmt.Sprintf("gateway-%d", i+1), bins.gateway, append([]string{"--config", cfg, "--listen", listen, "--coord-extproc", c.grpc, "-v"}, o.gatewayArgs...)...)
+		listen = gw.waitLog(s.t, 10*time.Second, `gateway listening.* addr=(\S+)`)[1]
 		waitFor(s.t, 5*time.Second, "gateway listening", func() bool {
 			conn, err := net.DialTimeout("tcp", listen, 100*time.Millisecond)
 			if err == nil {

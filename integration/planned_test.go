@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"regexp"
 	"slices"
 	"sync"
@@ -128,4 +131,88 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 	slices.Sort(times)
 	t.Logf("rolling restart: %d reads, %d from no pod, %d destinations lost data; %d handoffs, p50 %s, max %s",
 		l.total, l.noPod, len(l.lost), len(times), times[len(times)/2], times[len(times)-1])
+}
+
+var noMoves = regexp.MustCompile(`(?m)^0 move\(s\)`)
+
+// rebalance runs `coord-extproc rebalance` against the stack's Valkey.
+func (s *stack) rebalance(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bins.coord, append([]string{"rebalance", "--valkey", s.url}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rebalance %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// owners counts the destinations each pod alone holds.
+func (s *stack) owners(t *testing.T, dests []string) map[string]int {
+	t.Helper()
+	n := map[string]int{}
+	for _, d := range dests {
+		if got := s.smembers("coordinator:destination:" + d); len(got) == 1 {
+			n[got[0]]++
+		} else {
+			t.Fatalf("%s is bound to %v", d, got)
+		}
+	}
+	return n
+}
+
+// SPEC §8.2: scale out from 2 to 4 pods under load, then rebalance: the
+// dry run changes nothing; applied rounds spread the destinations within
+// the threshold, with no error and no lost data.
+func TestRebalanceAfterScaleOut(t *testing.T) {
+	s := newStack(t, stackOptions{pods: 2, podTTL: longTTL, heartbeat: 10 * time.Second})
+	dests := s.writeSessions(t, "bal", 40)
+	stop := make(chan struct{})
+	l := s.startDataLoad(dests, stop)
+	s.startPod("pod-3", stackOptions{podTTL: longTTL, heartbeat: 10 * time.Second})
+	s.startPod("pod-4", stackOptions{podTTL: longTTL, heartbeat: 10 * time.Second})
+	before := s.owners(t, dests)
+
+	dry := s.rebalance(t)
+	if !strings.Contains(dry, "dry run: nothing changed") || noMoves.MatchString(dry) {
+		t.Fatalf("dry run:\n%s", dry)
+	}
+	queued, _ := s.raw.Do(context.Background(), s.raw.B().Keys().Pattern("coordinator:handoff:*").Build()).AsStrSlice()
+	if after := s.owners(t, dests); fmt.Sprint(after) != fmt.Sprint(before) || len(queued) > 0 {
+		t.Fatalf("the dry run changed something: %v -> %v, queues %v", before, after, queued)
+	}
+	rounds := 0
+	for ; rounds < 10; rounds++ {
+		out := s.rebalance(t, "--apply", "--max-share", "0.25")
+		if noMoves.MatchString(out) {
+			break
+		}
+		waitFor(t, 10*time.Second, "the owners carried out the round", func() bool {
+			keys, _ := s.raw.Do(context.Background(), s.raw.B().Keys().Pattern("coordinator:handoff:*").Build()).AsStrSlice()
+			if len(keys) > 0 {
+				return false
+			}
+			// every destination has one owner again (none mid-switch)
+			for _, d := range dests {
+				if len(s.smembers("coordinator:destination:"+d)) != 1 {
+					return false
+				}
+			}
+			return true
+		})
+		time.Sleep(300 * time.Millisecond) // the last handoff of the round finishing its hook: its request was popped before it ran
+	}
+	time.Sleep(300 * time.Millisecond) // reads on the new owners
+	close(stop)
+	l.wg.Wait()
+	after := s.owners(t, dests)
+	lo, hi := 40, 0
+	for _, p := range []string{"pod-1", "pod-2", "pod-3", "pod-4"} {
+		lo, hi = min(lo, after[p]), max(hi, after[p])
+	}
+	t.Logf("rebalance: %v before, %v after %d rounds; %d reads, %d from no pod, %d destinations lost data", before, after, rounds, l.total, l.noPod, len(l.lost))
+	if l.noPod > 0 || len(l.lost) > 0 {
+		t.Fatalf("%d reads from no pod, lost data on %v; first: %s", l.noPod, l.lost, l.firstLostExample)
+	}
+	if hi-lo > 1 {
+		t.Fatalf("spread %v after rebalancing, want within 1", after)
+	}
 }

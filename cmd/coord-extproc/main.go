@@ -41,6 +41,8 @@ Usage:
   coord-extproc members [flags]      list registered members: id, address, live, load, TTL left
   coord-extproc destination <id>     show a destination's members and their liveness
   coord-extproc lock <id>            show a lock record and its owner
+  coord-extproc rebalance [--apply]  plan moving destinations from the most to the least loaded
+                                     members (dry run); --apply asks the owners to hand them off
   coord-extproc health [--listen A]  exit 0 if the server at A answers gRPC health SERVING (for probes)
   coord-extproc version              print the version
 
@@ -78,6 +80,8 @@ func Main(ctx context.Context, args []string, env lookupEnv, stdout, stderr io.W
 		return inspect(ctx, cmd, &cfg, args, env, stdout, stderr)
 	case "health":
 		return healthCheck(ctx, &cfg, args, env, stdout, stderr)
+	case "rebalance":
+		return rebalance(ctx, &cfg, args, env, stdout, stderr)
 	case "version":
 		if len(args) > 0 {
 			return fmt.Errorf("%w: version takes no arguments, got %q", errUsage, args[0])

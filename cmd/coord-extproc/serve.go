@@ -102,7 +102,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	log.Info("coord-extproc listening; health NOT_SERVING until the registry answers", "version", version,
-		"listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "valkey_mode", valkeyMode(vopt),
+		"listen", lis.Addr().String(), "metrics", addrOf(mlis), "valkey_mode", valkeyMode(vopt),
 		"valkey_seeds", vopt.InitAddress, "master_set", vopt.Sentinel.MasterSet, "prefix", cfg.KeyPrefix,
 		"strategy", cfg.Strategy, "rules", len(table.Rules))
 
@@ -217,4 +217,13 @@ func opsHandler(g prometheus.Gatherer, hs *health.Server) http.Handler {
 		fmt.Fprintln(w, "SERVING")
 	})
 	return mux
+}
+
+// addrOf is a listener's bound address ("" for none): with port 0 the
+// log says which port was taken.
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
 }
