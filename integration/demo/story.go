@@ -111,8 +111,24 @@ func (d *story) tell(ctx context.Context) error {
 	}
 	tr.watch(ctx, 3)
 
+	if err := d.step(ctx, 5, "Rolling restart", "   Replace every pod in turn, as a rolling update does: a new pod starts, the old one gets\n   SIGTERM, drains (takes nothing new) and hands each tenant, with its data, to a live peer\n   before it deregisters. Nothing is lost: the errors column stays at 0."); err != nil {
+		return err
+	}
+	for _, old := range slices.Sorted(maps.Keys(d.s.pods)) {
+		next := old + "2"
+		if err := d.s.startPod(ctx, next); err != nil {
+			return err
+		}
+		d.s.pods[old].stop(syscall.SIGTERM)
+		delete(d.s.pods, old)
+		fmt.Fprintf(d.out, "   %s replaced by %s\n", old, next)
+		tr.watch(ctx, 1)
+	}
+	d.owner = d.currentOwners()
+	tr.watch(ctx, 1)
+
 	victim := d.busiestPod()
-	if err := d.step(ctx, 5, "Kill a pod", fmt.Sprintf("   SIGKILL %s, as an OOM kill or a lost node would: it never deregisters, and its member\n   record lives on for its TTL (30 s). Envoy reports the refused connections to coord-extproc,\n   which connects to the pod itself, marks it down in Valkey, and its tenants move.", victim)); err != nil {
+	if err := d.step(ctx, 6, "Kill a pod", fmt.Sprintf("   SIGKILL %s, as an OOM kill or a lost node would: it never deregisters, and its member\n   record lives on for its TTL (30 s). Envoy reports the refused connections to coord-extproc,\n   which connects to the pod itself, marks it down in Valkey, and its tenants move.", victim)); err != nil {
 		return err
 	}
 	var lost []string
@@ -129,7 +145,7 @@ func (d *story) tell(ctx context.Context) error {
 	tr.watch(ctx, 4)
 
 	hot := d.tenants[1]
-	if err := d.step(ctx, 6, "Fan-out under load", fmt.Sprintf("   Hold %s above its pod's concurrency cap (3): the pod adds the least-loaded other pod\n   to the tenant's set, and coord-extproc spreads the tenant's requests over both. The demo\n   pods do not share data, so reads on the added pod answer 404: fan-out suits pods that do.", hot)); err != nil {
+	if err := d.step(ctx, 7, "Fan-out under load", fmt.Sprintf("   Hold %s above its pod's concurrency cap (3): the pod adds the least-loaded other pod\n   to the tenant's set, and coord-extproc spreads the tenant's requests over both. The demo\n   pods do not share data, so reads on the added pod answer 404: fan-out suits pods that do.", hot)); err != nil {
 		return err
 	}
 	tr.hot(ctx, hot)
@@ -154,6 +170,15 @@ func (d *story) movedAfter(ctx context.Context, tenants []string, dead string) t
 		}
 	}
 	return time.Now()
+}
+
+// currentOwners asks who serves each tenant now.
+func (d *story) currentOwners() map[string]string {
+	out := map[string]string{}
+	for _, t := range d.tenants {
+		out[t] = d.call("GET", "/tenants/"+t+"/keys/greeting", "").servedBy
+	}
+	return out
 }
 
 func (d *story) busiestPod() string {
