@@ -70,6 +70,10 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 			Name: "coord_extproc_recovery_held_members",
 			Help: "Members the recovery hold held at this replica's last look (0 outside a recovery): negative answers for them wait.",
 		}, func() float64 { return float64(stats.HeldMembers.Load()) }))
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "coord_extproc_members_draining",
+			Help: "Live members draining (leaving: they keep what they hold and take nothing new) at this replica's last look.",
+		}, func() float64 { return float64(stats.DrainingMembers.Load()) }))
 	}
 	return m
 }

@@ -146,9 +146,14 @@ func TestResolveNeverWaitsForDNS(t *testing.T) {
 			t.Fatal("resolved with DNS silent")
 		}
 	}
-	if worst > 5*time.Millisecond {
+	// A wait for DNS would last the silent lookup's deadline (dnsTimeout,
+	// 2 s); a busy machine can stall a call for milliseconds (the suite
+	// once failed at 8 ms against a 5 ms bound), so the bound tells the two
+	// apart instead of timing an idle machine.
+	if worst > dnsTimeout/4 {
 		t.Fatalf("resolve took %s with DNS silent, want no wait", worst)
 	}
+	t.Logf("100 resolves with DNS silent: slowest %s", worst)
 	deadline := time.Now().Add(time.Second)
 	for lookups.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
@@ -181,7 +186,7 @@ func TestResolveNeverWaitsForDNS(t *testing.T) {
 	answering.Store(false)
 	time.Sleep(2 * ttl) // the answer expired; DNS is silent again
 	start := time.Now()
-	if got, err := r.resolve("pod.example.test:80"); err != nil || got != "10.0.0.9:80" || time.Since(start) > 5*time.Millisecond {
+	if got, err := r.resolve("pod.example.test:80"); err != nil || got != "10.0.0.9:80" || time.Since(start) > dnsTimeout/4 { // a wait would last dnsTimeout
 		t.Fatalf("expired answer: %q %v after %s, want the last answer at once", got, err, time.Since(start))
 	}
 }

@@ -90,7 +90,11 @@ func TestHugeDestinationSet(t *testing.T) {
 	mu.Unlock()
 	t.Logf("huge set refused within %s; %d requests for a cached destination meanwhile, p99 %s; set left with %d members",
 		worst.Round(time.Microsecond), len(lat), p99.Round(time.Microsecond), len(left))
-	if p99 > 5*time.Millisecond {
-		t.Fatalf("cached destination p99 %s while the huge set was handled, want under 5ms", p99)
+	// Blocked behind the huge set, a request would wait for its reads
+	// (one SMEMBERS of 200 000 ids held Valkey 78 ms); scheduling on a
+	// busy machine under -race stalls a few milliseconds. The bound tells
+	// the two apart.
+	if p99 > 40*time.Millisecond {
+		t.Fatalf("cached destination p99 %s while the huge set was handled, want under 40ms", p99)
 	}
 }

@@ -77,7 +77,9 @@ func TestHostnameMemberNeverDelaysRequests(t *testing.T) {
 	if first > 150*time.Millisecond+100*time.Millisecond {
 		t.Fatalf("the first request took %s, past its 150ms budget", first)
 	}
-	if worst > 20*time.Millisecond {
+	// A later request that waited would take its whole budget (150 ms);
+	// the bound leaves room for a busy machine's stalls.
+	if worst > 75*time.Millisecond {
 		t.Fatalf("a later request took %s with DNS silent; only the first may wait, within its budget", worst)
 	}
 	answering.Store(true)
@@ -98,7 +100,7 @@ func TestHostnameMemberNeverDelaysRequests(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if worst > 20*time.Millisecond {
+	if worst > 75*time.Millisecond {
 		t.Fatalf("a request took %s while the name resolved in the background", worst)
 	}
 }

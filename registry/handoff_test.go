@@ -84,6 +84,7 @@ func TestDrainAndHandoff(t *testing.T) {
 	if d, err := route(t, r, "held", RouteOptions{}); err != nil || d.Member.ID != "a" {
 		t.Fatalf("a draining member's destination: %+v %v, want still a", d, err)
 	}
+	eventually(t, 5*time.Second, "the draining gauge counts a", func() bool { return r.Stats().DrainingMembers.Load() == 1 })
 	if p, err := f.members["b"].FanOut(ctx, "held"); err != nil || p.ID == "a" {
 		t.Fatalf("fan-out picked %+v %v", p, err)
 	}

@@ -482,7 +482,9 @@ func (r *Registry) refreshMembers() {
 	defer cancel()
 	now := r.opt.Now()
 	if e, _, err := r.allSet(ctx, now); err == nil {
-		_, _ = r.viewOf(ctx, e, now)
+		if v, err := r.viewOf(ctx, e, now); err == nil {
+			r.stats.DrainingMembers.Store(int64(len(v.live) - len(v.takers)))
+		}
 	}
 }
 

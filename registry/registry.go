@@ -169,6 +169,9 @@ type Stats struct {
 	// HeldMembers is how many members the recovery hold held at this
 	// replica's last look at it (0 outside a recovery).
 	HeldMembers atomic.Int64
+	// DrainingMembers is how many live members were draining at the last
+	// refresh of the members set (SPEC §8.2).
+	DrainingMembers atomic.Int64
 }
 
 // New connects to Valkey and returns a Registry. It enables broadcast
