@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"fmt"
 	"testing"
 )
@@ -88,6 +89,46 @@ func TestPlanMoves(t *testing.T) {
 				if m.From == "node" || m.From == "leaving" || m.To == "node" || m.To == "leaving" {
 					t.Errorf("move %+v involves a member that cannot take part", m)
 				}
+			}
+		})
+	}
+}
+
+// Holdings reads every live member (a Node pod without the handoff field
+// included, marked as unable) and the destinations each holds alone,
+// scanning every master on Cluster; shared and dead-owned sets are not
+// anybody's to move.
+func TestHoldingsOnEveryDeployment(t *testing.T) {
+	for _, mode := range []string{"standalone", "cluster"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			d := startDeployment(t, mode)
+			c := d.client(t)
+			r := d.registry(t, nil)
+			ctx := context.Background()
+			gm := newMember(t, c, "go-pod", 7500, func(o *MemberOptions) {
+				o.Handoff = func(context.Context, string, PeerLoad) error { return nil }
+			})
+			if err := gm.Register(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+			nodeMember(t, c, "coordinator", "node-pod", 7501, 3)
+			for i := range 30 { // spread over every slot range
+				do(t, c, "SADD", fmt.Sprintf("coordinator:destination:g%d", i), "go-pod")
+				do(t, c, "SADD", fmt.Sprintf("coordinator:destination:n%d", i), "node-pod")
+			}
+			do(t, c, "SADD", "coordinator:destination:shared", "go-pod", "node-pod")
+			do(t, c, "SADD", "coordinator:destination:dead", "gone")
+			hs, err := r.Holdings(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]Holding{}
+			for _, h := range hs {
+				got[h.ID] = h
+			}
+			if g, n := got["go-pod"], got["node-pod"]; len(g.Dests) != 30 || !g.Handoff || len(n.Dests) != 30 || n.Handoff || n.Load != 3 || len(hs) != 2 {
+				t.Fatalf("holdings %+v", hs)
 			}
 		})
 	}
