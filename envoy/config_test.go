@@ -154,3 +154,33 @@ func TestBrokenCopiesFail(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Envoy files ext_authz metadata under the fixed name
+// envoy.filters.http.ext_authz whatever the filter is named (ext_authz.cc,
+// Filter::onComplete): a renamed filter (as Envoy Gateway names them) keeps
+// working with the shipped metadata_key, and a metadata_key following the
+// filter's own name is refused, since Envoy would answer 503.
+func TestAuthzNamespaceIsFixed(t *testing.T) {
+	orig, err := os.ReadFile("envoy-ext-authz.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	renamed := strings.Replace(string(orig), "- name: envoy.filters.http.ext_authz\n", "- name: envoy.filters.http.ext_authz/coord\n", 1)
+	if renamed == string(orig) {
+		t.Fatal("filter name not found")
+	}
+	b, err := Parse([]byte(renamed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckWiring(b, Defaults()); err != nil {
+		t.Fatalf("renamed filter, fixed metadata key: %v", err)
+	}
+	following := strings.Replace(renamed, "metadata_key: { key: envoy.filters.http.ext_authz,", "metadata_key: { key: envoy.filters.http.ext_authz/coord,", 1)
+	if b, err = Parse([]byte(following)); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckWiring(b, Defaults()); err == nil || !strings.Contains(err.Error(), "metadata_key") {
+		t.Fatalf("metadata_key under the filter's own name: %v, want it refused", err)
+	}
+}

@@ -25,6 +25,14 @@ func Defaults() Wiring {
 	return Wiring{EndpointHeader: extproc.DefaultEndpointHeader, Port: extproc.DefaultPort}
 }
 
+// AuthzMetadataNamespace is where Envoy files an ext_authz answer's dynamic
+// metadata: a fixed name, whatever the filter instance is called
+// (source/extensions/filters/http/ext_authz/ext_authz.cc, Filter::onComplete:
+// setDynamicMetadata("envoy.filters.http.ext_authz", ...)). Envoy Gateway
+// names its filters envoy.filters.http.ext_authz/<policy>; the metadata
+// still lands here.
+const AuthzMetadataNamespace = "envoy.filters.http.ext_authz"
+
 // Routing is the part of a bootstrap that decides where a request goes.
 type Routing struct {
 	API       string // "ext_proc" or "ext_authz"
@@ -57,9 +65,7 @@ func ReadRouting(b *bootstrapv3.Bootstrap) (*Routing, error) {
 	case *extprocv3.ExternalProcessor:
 		r.API, r.Namespace = "ext_proc", extproc.MetadataNamespace
 	case *authzv3.ExtAuthz:
-		// ext_authz files response metadata under the filter's config
-		// name (ext_authz.cc: setDynamicMetadata(filterConfigName())).
-		r.API, r.Namespace = "ext_authz", fs[0].GetName()
+		r.API, r.Namespace = "ext_authz", AuthzMetadataNamespace
 	default:
 		return nil, fmt.Errorf("first http filter is %T, want ext_proc or ext_authz", msg)
 	}

@@ -87,7 +87,7 @@ func endpointMetadata(key, addr string) *structpb.Struct {
 }
 
 // authzMetadata is ext_authz's: Envoy stores the whole struct under the
-// filter's name (envoy.filters.http.ext_authz), so it holds the key only.
+// fixed namespace envoy.filters.http.ext_authz (whatever the filter is named), so it holds the key only.
 func authzMetadata(key, addr string) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{key: structpb.NewStringValue(addr)}}
 }

@@ -17,7 +17,8 @@ import (
 // setHttpRequest). OK: headers are set (from `value`, not raw_value) and
 // then headers_to_remove removed — in that order, as source/extensions/
 // filters/http/ext_authz/ext_authz.cc applies them — and the answer's
-// dynamic metadata is filed under the filter's name. Denied: a local
+// dynamic metadata is filed under the fixed namespace envoy.filters.http.ext_authz
+// whatever the filter is named (ext_authz.cc, Filter::onComplete). Denied: a local
 // reply with the denied status (403 when unset), headers and body.
 // Error: failure_mode_allow, else status_on_error.
 func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) (map[string]*structpb.Struct, *localReply) {

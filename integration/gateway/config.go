@@ -45,7 +45,7 @@ type config struct {
 
 	// ext_authz (envoy.extensions.filters.http.ext_authz.v3.ExtAuthz)
 	authzTimeout time.Duration
-	authzNS      string // the filter's name: where its metadata lands
+	authzNS      string // envoy.AuthzMetadataNamespace: where its metadata lands, whatever the filter's name
 
 	routes   []route
 	clusters map[string]*podCluster
