@@ -20,7 +20,7 @@ import (
 func TestHugeDestinationSet(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
-	r := newRegistry(t, srv, nil)
+	r := newRegistry(t, srv, func(o *Options) { o.Timeout = DefaultTimeout }) // the real deadlines: refused within the budget
 	nodeMember(t, c, "coordinator", "live-1", 7001, 0)
 	nodeMember(t, c, "coordinator", "live-2", 7002, 0)
 	do(t, c, "SADD", "coordinator:destination:other", "live-1")

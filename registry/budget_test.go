@@ -12,7 +12,7 @@ import (
 // server that stopped answering.
 func TestBudgetCutsValkeyCalls(t *testing.T) {
 	srv := valkeytest.Start(t)
-	r := newRegistry(t, srv, nil) // per-call timeout 50ms
+	r := newRegistry(t, srv, func(o *Options) { o.Timeout = DefaultTimeout }) // per-call timeout 50ms
 	srv.Pause()
 	t.Cleanup(srv.Resume)
 	for _, tc := range []struct {

@@ -73,7 +73,7 @@ func TestDeploymentsBehaveAlike(t *testing.T) {
 			// Agreement is what these cases check, not latency: a call
 			// may take longer than the 50 ms default on a busy machine
 			// (60 claims at once, under -race), which is no disagreement.
-			patient := func(o *Options) { o.Timeout = time.Second }
+			patient := func(o *Options) { o.Timeout = patientTimeout }
 			r1, r2 := d.registry(t, patient), d.registry(t, patient)
 			if got := r1.client.Mode(); string(got) != mode {
 				t.Fatalf("client mode %s, want %s", got, mode)

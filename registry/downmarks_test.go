@@ -18,7 +18,8 @@ func TestDownMarkConsequences(t *testing.T) {
 			t.Parallel()
 			d := startDeployment(t, mode)
 			c := d.client(t)
-			r1, r2 := d.registry(t, nil), d.registry(t, nil)
+			patient := func(o *Options) { o.Timeout = patientTimeout } // decisions, not latency
+			r1, r2 := d.registry(t, patient), d.registry(t, patient)
 			ctx := context.Background()
 			nodeMember(t, c, "coordinator", "a", 7001, 0)
 			nodeMember(t, c, "coordinator", "b", 7002, 0)
@@ -90,7 +91,7 @@ func TestDownMarkConsequences(t *testing.T) {
 func TestDownMarkLifted(t *testing.T) {
 	d := startDeployment(t, "standalone")
 	c := d.client(t)
-	r := d.registry(t, nil)
+	r := d.registry(t, func(o *Options) { o.Timeout = patientTimeout })
 	ctx := context.Background()
 	sus := Suspect{ID: "a", Addr: "127.0.0.1:7001", Raw: "http://127.0.0.1:7001"}
 

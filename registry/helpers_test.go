@@ -16,12 +16,21 @@ import (
 
 func rawClient(t testing.TB, srv *valkeytest.Server) valkey.Client { return srv.Client(t) }
 
+// patientTimeout is the per-call deadline of the test registries that do
+// not test deadlines.
+const patientTimeout = time.Second
+
 func newRegistry(t testing.TB, srv *valkeytest.Server, mod func(*Options)) *Registry {
 	t.Helper()
 	opt := Options{
 		AllowUpstream: loopbackAllowed.allow, // test pods listen on loopback
 		Client:        valkey.ClientOption{InitAddress: []string{srv.Addr()}},
 		Strategy:      strategy.NewRoundRobin(0),
+		// Most tests check what is decided, not how fast: under -race with
+		// 50 goroutines on a busy machine a call can outlast the 50 ms
+		// default, which is no wrong decision (the suite failed so). Tests
+		// of deadlines set Timeout themselves.
+		Timeout: patientTimeout,
 	}
 	if mod != nil {
 		mod(&opt)

@@ -104,7 +104,7 @@ func TestHoldingsOnEveryDeployment(t *testing.T) {
 			t.Parallel()
 			d := startDeployment(t, mode)
 			c := d.client(t)
-			r := d.registry(t, nil)
+			r := d.registry(t, func(o *Options) { o.Timeout = patientTimeout })
 			ctx := context.Background()
 			gm := newMember(t, c, "go-pod", 7500, func(o *MemberOptions) {
 				o.Handoff = func(context.Context, string, PeerLoad) error { return nil }
