@@ -223,16 +223,25 @@ func (d *Detector) investigate(addr string) {
 		d.stats.Cleared.Add(1)
 		d.log.Debug("reported address answers; suspicion cleared", "addr", addr)
 	case probeFailed:
-		for _, s := range suspects {
-			marked, err := d.opt.Registry.MarkDown(ctx, s)
-			switch {
-			case err != nil:
-				d.stats.Errors.Add(1)
-				d.warn.log("member not marked down: registry unavailable", "member", s.ID, "addr", addr, "err", err)
-			case marked:
-				d.stats.Confirmed.Add(1)
-				d.log.Info("member marked down: its address refuses connections", "member", s.ID, "addr", addr)
-			}
+		d.transition(ctx, suspects, d.opt.Registry.MarkDown, &d.stats.Confirmed,
+			"member marked down: its address refuses connections", "member not marked down: registry unavailable")
+	}
+}
+
+// transition applies change (mark or clear) to each member, counting each
+// that took effect in done and logging it once: one line per member
+// transition.
+func (d *Detector) transition(ctx context.Context, ss []registry.Suspect, change func(context.Context, registry.Suspect) (bool, error),
+	done *atomic.Uint64, msg, failMsg string) {
+	for _, s := range ss {
+		ok, err := change(ctx, s)
+		switch {
+		case err != nil:
+			d.stats.Errors.Add(1)
+			d.warn.log(failMsg, "member", s.ID, "addr", s.Addr, "err", err)
+		case ok:
+			done.Add(1)
+			d.log.Info(msg, "member", s.ID, "addr", s.Addr)
 		}
 	}
 }
@@ -276,17 +285,8 @@ func (d *Detector) recheck() {
 			if d.probe(ctx, addr) != probeAlive {
 				return
 			}
-			for _, s := range ss {
-				cleared, err := d.opt.Registry.ClearDown(ctx, s)
-				switch {
-				case err != nil:
-					d.stats.Errors.Add(1)
-					d.warn.log("down mark not cleared: registry unavailable", "member", s.ID, "addr", addr, "err", err)
-				case cleared:
-					d.stats.Cleared.Add(1)
-					d.log.Info("member reachable again: down mark cleared", "member", s.ID, "addr", addr)
-				}
-			}
+			d.transition(ctx, ss, d.opt.Registry.ClearDown, &d.stats.Cleared,
+				"member reachable again: down mark cleared", "down mark not cleared: registry unavailable")
 		}()
 	}
 	wg.Wait()

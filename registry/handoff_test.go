@@ -56,6 +56,19 @@ func newHandoffFleet(t *testing.T, srv *valkeytest.Server, ids ...string) *hando
 	return f
 }
 
+// blockedHandoff starts a handoff of dest from a to b whose hook waits
+// for f.block to close; it returns once the hook runs.
+func (f *handoffFleet) blockedHandoff(t *testing.T, dest string) <-chan error {
+	t.Helper()
+	f.block = make(chan struct{})
+	a := f.members["a"]
+	_ = a.AddToDestination(context.Background(), dest)
+	done := make(chan error, 1)
+	go func() { _, err := a.Handoff(context.Background(), dest, "b"); done <- err }()
+	eventually(t, time.Second, "the hook running", func() bool { return a.HandoffStats().Started.Load() == 1 })
+	return done
+}
+
 // SPEC §8.2: a draining member takes nothing new (claims, reassignments,
 // fan-out) and keeps routing what it holds; a handoff carries the state
 // first, then switches the owner in one step, and the coordinator routes
@@ -135,11 +148,7 @@ func TestHandoffFaults(t *testing.T) {
 	t.Run("target dies during the hook", func(t *testing.T) {
 		srv := valkeytest.Start(t)
 		f := newHandoffFleet(t, srv, "a", "b")
-		f.block = make(chan struct{})
-		_ = f.members["a"].AddToDestination(ctx, "d")
-		done := make(chan error, 1)
-		go func() { _, err := f.members["a"].Handoff(ctx, "d", "b"); done <- err }()
-		eventually(t, time.Second, "the hook running", func() bool { return f.members["a"].HandoffStats().Started.Load() == 1 })
+		done := f.blockedHandoff(t, "d")
 		do(t, f.c, "DEL", "coordinator:member:b") // b dies (its record goes) while it receives
 		close(f.block)
 		if err := <-done; err == nil {
@@ -176,11 +185,7 @@ func TestHandoffFaults(t *testing.T) {
 	t.Run("valkey gone at the switch", func(t *testing.T) {
 		srv := valkeytest.Start(t)
 		f := newHandoffFleet(t, srv, "a", "b")
-		f.block = make(chan struct{})
-		_ = f.members["a"].AddToDestination(ctx, "d")
-		done := make(chan error, 1)
-		go func() { _, err := f.members["a"].Handoff(ctx, "d", "b"); done <- err }()
-		eventually(t, time.Second, "the hook running", func() bool { return f.members["a"].HandoffStats().Started.Load() == 1 })
+		done := f.blockedHandoff(t, "d")
 		srv.Pause()
 		close(f.block)
 		err := <-done
