@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
+	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
 )
 
@@ -237,7 +239,13 @@ func (x *exchange) bind(ctx context.Context, id string) *extprocv3.ProcessingRes
 		x.done(ResultUpstreamError, "create response carries an invalid id: not bound", "id", id)
 		return nil
 	}
-	if err := x.s.opt.Registry.Bind(ctx, id, x.o.member.ID); err != nil {
+	if err := x.s.opt.Registry.Bind(ctx, id, x.o.member.ID); errors.Is(err, registry.ErrConflict) {
+		// The destination exists on another pod: binding this one too
+		// would split it (SPEC §5.3). Nothing was written.
+		x.done(ResultUpstreamError, "create for a destination another member holds: not bound", "id", id)
+		x.replied = true
+		return immediate(409, "Destination already exists", false)
+	} else if err != nil {
 		// The client must not believe the create succeeded while no
 		// request can reach it: fail it so it is retried.
 		x.done(ResultRegistryError, "created upstream but the binding could not be written", "id", id, "err", err)

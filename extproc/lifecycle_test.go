@@ -72,6 +72,27 @@ func TestCreate(t *testing.T) {
 			}
 		})
 	}
+	// SPEC §5.3: a create never adds a second owner to an existing
+	// destination: 409, nothing written (a client posting a victim's id
+	// once split the victim's traffic over two pods).
+	t.Run("id another member holds", func(t *testing.T) {
+		e.do(t, "SADD", "coordinator:destination:t-taken", "other")
+		before := e.counter(t, apiExtProc, "create", "upstream_error")
+		s := e.open(t)
+		defer s.close()
+		s.send(reqHeaders("POST", "/tenants"))
+		s.send(respHeaders(201))
+		status, body, _ := immediateOf(s.send(respBody(`{"tenantId":"t-taken"}`)))
+		if status != 409 || !strings.Contains(body, "Destination already exists") {
+			t.Fatalf("create for a held id: %d %s, want 409", status, body)
+		}
+		if got := smembers(t, e, "coordinator:destination:t-taken"); len(got) != 1 || got[0] != "other" {
+			t.Fatalf("t-taken = %v, want [other]", got)
+		}
+		if got := e.counter(t, apiExtProc, "create", "upstream_error"); got != before+1 {
+			t.Fatalf("upstream_error counted %v -> %v", before, got)
+		}
+	})
 	t.Run("no live member", func(t *testing.T) {
 		e.do(t, "DEL", "coordinator:member:live")
 		eventuallyTrue(t, func() bool {

@@ -397,3 +397,25 @@ func TestPathStepsCannotCrossTenants(t *testing.T) {
 		}
 	})
 }
+
+// A client creating a tenant under another pod's id never splits it
+// (SPEC §5.3): every such create answers 409 and the tenant keeps its one
+// owner, through ext_proc and through ext_authz (where the pod binds what
+// it creates itself).
+func TestCreateCannotSplitATenant(t *testing.T) {
+	for _, cfg := range []string{"envoy.yaml", "envoy-ext-authz.yaml"} {
+		t.Run(cfg, func(t *testing.T) {
+			eachGateway(t, stackOptions{config: cfg}, func(t *testing.T, s *stack) {
+				owner := s.mustCreate(0, "victim")
+				for i := range 6 { // round-robin offers every pod the create
+					if a := s.do(0, "POST", "/tenants", `{"tenantId":"victim"}`); a.status != 409 {
+						t.Fatalf("create %d of a held id: %d %s, want 409", i, a.status, a.raw)
+					}
+				}
+				if got := s.smembers("coordinator:destination:victim"); !slices.Equal(got, []string{owner}) {
+					t.Fatalf("victim bound to %v, want [%s]", got, owner)
+				}
+			})
+		})
+	}
+}

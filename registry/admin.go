@@ -53,7 +53,9 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 	return Binding{Live: v.live, Dead: v.dead, Unroutable: v.unroutable}, nil
 }
 
-// Bind adds memberID to the destination's set (create routes).
+// Bind adds memberID to the destination's set (create routes), only if
+// the set is empty or already holds it: a create never adds a second owner
+// to an existing destination (ErrConflict, nothing written).
 func (r *Registry) Bind(ctx context.Context, destID, memberID string) error {
 	if err := ValidateID(destID); err != nil {
 		return err
@@ -63,9 +65,15 @@ func (r *Registry) Bind(ctx context.Context, destID, memberID string) error {
 	}
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
-	err := r.client.Do(ctx, r.client.B().Sadd().Key(r.keys.dest(destID)).Member(memberID).Build()).Error()
+	n, err := bindScript.Exec(ctx, r.client, []string{r.keys.dest(destID)}, []string{memberID}).AsInt64()
 	r.sets.Remove(destID)
-	return r.valkeyErr(err)
+	if err = r.valkeyErr(err); err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %q", ErrConflict, destID)
+	}
+	return nil
 }
 
 // DeleteDestination removes the destination's set (delete routes).

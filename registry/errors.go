@@ -21,6 +21,9 @@ var (
 	// ErrTooManyMembers: the destination's set is larger than
 	// Options.MaxSetMembers; it is not read (503, retry later).
 	ErrTooManyMembers = errors.New("destination has too many members")
+	// ErrConflict: a create's new destination is already bound to another
+	// member; nothing was written (409).
+	ErrConflict = errors.New("destination already bound to another member")
 	// ErrLockNotFound: no such lock record (404).
 	ErrLockNotFound = errors.New("lock not found")
 	// ErrLockOwnerGone: the lock's pod is no longer live; the pinned

@@ -260,3 +260,30 @@ func TestLeaveAndRequests(t *testing.T) {
 		return err == nil && d.Member.ID == "c"
 	})
 }
+
+// Create routes and pods bind a new destination only if nobody else holds
+// it: Registry.Bind and Member.Claim answer ErrConflict and write nothing.
+func TestBindNeverAddsASecondOwner(t *testing.T) {
+	srv := valkeytest.Start(t)
+	r := newRegistry(t, srv, nil)
+	f := newHandoffFleet(t, srv, "a", "b")
+	ctx := context.Background()
+	if err := r.Bind(ctx, "new", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Bind(ctx, "new", "a"); err != nil {
+		t.Fatalf("binding the holder again: %v", err)
+	}
+	if err := r.Bind(ctx, "new", "b"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("second owner via Bind: %v, want ErrConflict", err)
+	}
+	if err := f.members["b"].Claim(ctx, "new"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("second owner via Claim: %v, want ErrConflict", err)
+	}
+	if err := f.members["b"].Claim(ctx, "other"); err != nil || !slices.Contains(f.members["b"].Destinations(), "other") {
+		t.Fatalf("Claim of a free destination: %v", err)
+	}
+	if got := smembers(t, f.c, "coordinator:destination:new"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("new = %v, want [a]", got)
+	}
+}

@@ -26,6 +26,30 @@ func (m *Member) AddToDestination(ctx context.Context, destID string) error {
 	return nil
 }
 
+// Claim binds this member to a new destination only if nobody else holds
+// it (ErrConflict otherwise, nothing written), and remembers it for
+// recovery: how a pod binds what it creates, so that a client naming
+// another pod's destination cannot split it (SPEC §5.3). AddToDestination
+// stays the unconditional join, for fan-out.
+func (m *Member) Claim(ctx context.Context, destID string) error {
+	if err := ValidateID(destID); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
+	defer cancel()
+	n, err := bindScript.Exec(ctx, m.opt.Client, []string{m.keys.dest(destID)}, []string{m.opt.ID}).AsInt64()
+	if err != nil {
+		return fmt.Errorf("registry: %s: claim %q: %w", m.opt.ID, destID, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("registry: %s: claim %q: %w", m.opt.ID, destID, ErrConflict)
+	}
+	m.mu.Lock()
+	m.dests[destID] = struct{}{}
+	m.mu.Unlock()
+	return nil
+}
+
 // RemoveFromDestination unbinds this member from destID.
 func (m *Member) RemoveFromDestination(ctx context.Context, destID string) error {
 	if err := ValidateID(destID); err != nil {

@@ -157,6 +157,10 @@ func TestHoldEndsByMemberTTL(t *testing.T) {
 	}
 	do(t, c, "FLUSHALL")
 	wiped := time.Now()
+	eventually(t, time.Second, "the wipe observed", func() bool {
+		_, err := route(t, r, "d-short-a", RouteOptions{})
+		return errors.Is(err, ErrRecovering)
+	})
 	for {
 		_, err := route(t, r, "d-short-a", RouteOptions{})
 		if errors.Is(err, ErrNotFound) {

@@ -83,3 +83,14 @@ if tonumber(ARGV[1]) > 0 then
 end
 return 1
 `
+
+// bindScript adds ARGV[1] to the destination set only if the set is empty
+// or already holds it (create routes: never a second owner). Returns 1 if
+// the member holds the destination afterwards, 0 if another did.
+var bindScript = valkey.NewLuaScript(`
+if redis.call('SCARD', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+`)

@@ -207,8 +207,20 @@ func (p *pod) createTenant(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, 409, "tenant exists")
 		return
 	}
-	if err := p.member.AddToDestination(r.Context(), in.TenantID); err != nil {
+	// Bind only if nobody holds the tenant yet (coord-extproc's create
+	// route binds the same way): an unconditional add would let a client
+	// naming another pod's tenant split it over two pods.
+	if err := p.member.Claim(r.Context(), in.TenantID); err != nil {
+		p.mu.Lock()
+		delete(p.tenants, in.TenantID)
+		p.mu.Unlock()
+		if errors.Is(err, registry.ErrConflict) {
+			p.fail(w, 409, "tenant exists on another pod")
+			return
+		}
 		p.log.Warn("bind new tenant", "tenant", in.TenantID, "err", err)
+		p.fail(w, 503, "could not bind the tenant")
+		return
 	}
 	p.reply(w, 201, map[string]any{"tenantId": in.TenantID})
 }
