@@ -17,10 +17,10 @@ func TestBootstrapsParseAndValidate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantAdmin := "127.0.0.1" // loopback: the admin API can change Envoy's state
-			if file == "envoy-compose.yaml" {
-				wantAdmin = "0.0.0.0" // inside its container, published by compose
-			}
+			// Loopback everywhere, the compose file too: the admin API can
+			// change and stop Envoy, and 0.0.0.0 inside a container is
+			// reachable from every container of its network.
+			wantAdmin := "127.0.0.1"
 			if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != wantAdmin || a.GetPortValue() != 9901 {
 				t.Fatalf("admin on %v, want %s:9901", a, wantAdmin)
 			}

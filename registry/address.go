@@ -60,41 +60,93 @@ func splitAddress(raw string) (host string, port uint16, err error) {
 
 // addressPolicy refuses upstreams that would point Envoy at itself or at
 // a cloud metadata service (SPEC §4): loopback, link-local (169.254.0.0/16
-// holds the usual metadata address), multicast, unspecified, zoned, and the
-// metadata addresses outside those ranges; networks in allow are accepted
-// anyway (tests and a local demo allow 127.0.0.0/8).
-type addressPolicy struct{ allow []netip.Prefix }
+// holds the usual metadata address), multicast, unspecified and "this
+// network" (0.0.0.0/8), zoned, and the metadata addresses outside those
+// ranges; an IPv6 address embedding an IPv4 one (NAT64, 6to4, Teredo,
+// IPv4-compatible, mapped) is judged by the IPv4 too. Networks in allow
+// are accepted anyway (tests and a local demo allow 127.0.0.0/8). With
+// only set (--upstream-cidrs, the pod CIDR: what production should run),
+// nothing outside those networks is accepted at all.
+type addressPolicy struct{ allow, only []netip.Prefix }
 
 var metadataAddrs = []netip.Addr{
 	netip.MustParseAddr("fd00:ec2::254"),   // AWS IMDS over IPv6
 	netip.MustParseAddr("100.100.100.200"), // Alibaba Cloud
+	netip.MustParseAddr("168.63.129.16"),   // Azure wire server
+	netip.MustParseAddr("192.0.0.192"),     // Oracle Cloud
+	netip.MustParseAddr("fd20:ce::254"),    // Google Cloud IPv6
 }
+
+var (
+	thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+	nat64       = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour   = netip.MustParsePrefix("2002::/16")
+	teredo      = netip.MustParsePrefix("2001::/32")
+	v4Compat    = netip.MustParsePrefix("::/96")
+)
 
 func (p addressPolicy) check(ip netip.Addr) error {
 	ip = ip.Unmap()
-	for _, pr := range p.allow {
-		if pr.Contains(ip) {
-			return nil
-		}
+	if len(p.only) > 0 && !containsAny(p.only, ip) {
+		return fmt.Errorf("%w: %s is outside --upstream-cidrs %v", ErrBadAddress, ip, p.only)
 	}
-	why := ""
-	switch {
-	case ip.Zone() != "":
-		why = "a zoned address"
-	case ip.IsUnspecified():
-		why = "unspecified"
-	case ip.IsLoopback():
-		why = "loopback (Envoy itself)"
-	case ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast():
-		why = "link-local (cloud metadata lives there)"
-	case ip.IsMulticast():
-		why = "multicast"
-	case slices.Contains(metadataAddrs, ip):
-		why = "a cloud metadata address"
-	default:
+	if containsAny(p.allow, ip) {
 		return nil
 	}
-	return fmt.Errorf("%w: %s is %s; allow it with --allow-upstream", ErrBadAddress, ip, why)
+	if why := denied(ip); why != "" {
+		return fmt.Errorf("%w: %s is %s; allow it with --allow-upstream", ErrBadAddress, ip, why)
+	}
+	if v4, ok := embeddedV4(ip); ok && !containsAny(p.allow, v4) {
+		if why := denied(v4); why != "" {
+			return fmt.Errorf("%w: %s embeds %s, which is %s; allow it with --allow-upstream", ErrBadAddress, ip, v4, why)
+		}
+	}
+	return nil
+}
+
+// denied says why ip may not be an upstream ("" if it may).
+func denied(ip netip.Addr) string {
+	switch {
+	case ip.Zone() != "":
+		return "a zoned address"
+	case ip.IsUnspecified() || thisNetwork.Contains(ip):
+		return "unspecified (this host)"
+	case ip.IsLoopback():
+		return "loopback (Envoy itself)"
+	case ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast():
+		return "link-local (cloud metadata lives there)"
+	case ip.IsMulticast():
+		return "multicast"
+	case slices.Contains(metadataAddrs, ip):
+		return "a cloud metadata address"
+	}
+	return ""
+}
+
+// embeddedV4 returns the IPv4 address an IPv6 one carries, if any.
+func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
+	if !ip.Is6() {
+		return netip.Addr{}, false
+	}
+	b := ip.As16()
+	switch {
+	case nat64.Contains(ip), v4Compat.Contains(ip) && !ip.IsUnspecified() && !ip.IsLoopback():
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case sixToFour.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	case teredo.Contains(ip): // the client's address, obfuscated
+		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
+	}
+	return netip.Addr{}, false
+}
+
+func containsAny(ps []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // addressResolver turns registered addresses into IP:port without ever

@@ -88,6 +88,7 @@ func TestResolveAddress(t *testing.T) {
 // addresses are refused unless an allowed network holds them.
 func TestAddressPolicy(t *testing.T) {
 	deny := addressPolicy{}
+	podCIDR := addressPolicy{only: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}
 	for _, tc := range []struct {
 		ip      string
 		policy  addressPolicy
@@ -110,6 +111,25 @@ func TestAddressPolicy(t *testing.T) {
 		{"100.100.100.200", deny, false},
 		{"127.0.0.1", loopbackAllowed, true},
 		{"169.254.169.254", loopbackAllowed, false},
+		// issue 24 #6: this network, more clouds' metadata, IPv4 inside IPv6
+		{"0.1.2.3", deny, false},
+		{"168.63.129.16", deny, false},
+		{"192.0.0.192", deny, false},
+		{"fd20:ce::254", deny, false},
+		{"64:ff9b::a9fe:a9fe", deny, false}, // NAT64 of 169.254.169.254
+		{"64:ff9b::7f00:1", deny, false},    // NAT64 of 127.0.0.1
+		{"64:ff9b::a00:307", deny, true},    // NAT64 of 10.0.3.7
+		{"::ffff:169.254.169.254", deny, false},
+		{"2002:a9fe:a9fe::1", deny, false},        // 6to4 of 169.254.169.254
+		{"2002:a00:307::1", deny, true},           // 6to4 of 10.0.3.7
+		{"2001:0:1:2:0:0:80ff:fefe", deny, false}, // Teredo, client 127.0.1.1
+		{"::a9fe:a9fe", deny, false},              // IPv4-compatible
+		{"64:ff9b::7f00:1", loopbackAllowed, true},
+		// --upstream-cidrs: only the pod CIDR, and the deny-list still holds
+		{"10.0.3.7", podCIDR, true},
+		{"10.9.0.1", podCIDR, false},
+		{"192.168.1.1", podCIDR, false},
+		{"2002:a00:307::1", podCIDR, false},
 	} {
 		err := tc.policy.check(netip.MustParseAddr(tc.ip))
 		if (err == nil) != tc.allowed || (err != nil && !errors.Is(err, ErrBadAddress)) {

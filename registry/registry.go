@@ -64,6 +64,9 @@ type Options struct {
 	// AllowUpstream lists networks accepted although the address policy
 	// refuses them (loopback, link-local, multicast, unspecified).
 	AllowUpstream []netip.Prefix
+	// UpstreamCIDRs, when set, are the only networks accepted as upstreams
+	// (the pod CIDR): an allow-list instead of the deny-list alone.
+	UpstreamCIDRs []netip.Prefix
 	// ProbeInterval is how often the registry proves its invalidation
 	// channel alive (see probe.go); default CacheTTL/3, negative disables
 	// (then every entry is re-read once per CacheTTL).
@@ -192,7 +195,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		inv:     newInvalidations(),
 	}
 	r.shards = newShards()
-	r.addrs = newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now, addressPolicy{allow: opt.AllowUpstream}, r.onResolved)
+	r.addrs = newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now, addressPolicy{allow: opt.AllowUpstream, only: opt.UpstreamCIDRs}, r.onResolved)
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: destination cache: %w", err)

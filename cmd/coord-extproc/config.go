@@ -37,6 +37,7 @@ type Config struct {
 	StaleMax         time.Duration
 	DecisionTimeout  time.Duration
 	AllowUpstream    string
+	UpstreamCIDRs    string
 	MaxSetMembers    int
 	RecoveryHoldMax  time.Duration
 	MetricsListen    string
@@ -115,6 +116,8 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.MaxSetMembers, n, c.MaxSetMembers, u) }},
 		{"allow-upstream", "COORD_ALLOW_UPSTREAM", "comma-separated CIDRs accepted as upstreams although refused by default (loopback, link-local incl. 169.254.169.254, multicast, unspecified), e.g. 127.0.0.0/8 for pods on this host",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.AllowUpstream, n, c.AllowUpstream, u) }},
+		{"upstream-cidrs", "COORD_UPSTREAM_CIDRS", "comma-separated CIDRs: the only networks accepted as upstreams (the pod CIDR); what production should run. Empty: any address the deny-list lets through",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.UpstreamCIDRs, n, c.UpstreamCIDRs, u) }},
 		{"decision-timeout", "COORD_DECISION_TIMEOUT", "time budget of one decision: all its Valkey calls together; keep it below Envoy's ext_proc message_timeout (200ms by default)",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.DecisionTimeout, n, c.DecisionTimeout, u) }},
 		{"stale-max", "COORD_STALE_MAX", "while Valkey fails, answer from last known good data up to this age, then 503",
@@ -246,6 +249,9 @@ func (c *Config) Validate() error {
 	if _, err := c.allowUpstream(); err != nil {
 		errs = append(errs, fmt.Errorf("--allow-upstream: %w", err))
 	}
+	if _, err := c.upstreamCIDRs(); err != nil {
+		errs = append(errs, fmt.Errorf("--upstream-cidrs: %w", err))
+	}
 	if _, err := c.logLevel(); err != nil {
 		errs = append(errs, err)
 	}
@@ -287,9 +293,14 @@ func (c *Config) valkeyOption() (valkey.ClientOption, error) {
 }
 
 // allowUpstream parses --allow-upstream: CIDRs or single addresses.
-func (c *Config) allowUpstream() ([]netip.Prefix, error) {
+func (c *Config) allowUpstream() ([]netip.Prefix, error) { return parseNetworks(c.AllowUpstream) }
+
+// upstreamCIDRs parses --upstream-cidrs the same way.
+func (c *Config) upstreamCIDRs() ([]netip.Prefix, error) { return parseNetworks(c.UpstreamCIDRs) }
+
+func parseNetworks(list string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, f := range strings.Split(c.AllowUpstream, ",") {
+	for _, f := range strings.Split(list, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}

@@ -52,6 +52,10 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--allow-upstream: %w", err)
 	}
+	only, err := cfg.upstreamCIDRs()
+	if err != nil {
+		return fmt.Errorf("--upstream-cidrs: %w", err)
+	}
 	stats := &registry.Stats{}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -112,7 +116,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		connected <- connect(cctx, registry.Options{
 			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, MaxSetMembers: cfg.MaxSetMembers,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, UpstreamCIDRs: only, MaxSetMembers: cfg.MaxSetMembers,
 		}, reg, hs, log)
 	}()
 
