@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coord-extproc/coord-extproc/internal/ratelimit"
 	"github.com/coord-extproc/coord-extproc/registry"
 )
 
@@ -91,7 +92,7 @@ type Detector struct {
 	base    context.Context // ends at Close: every probe and registry call is bounded by it
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
-	tokens  *bucket
+	tokens  *ratelimit.Bucket
 	warn    *rateLog
 	mu      sync.Mutex
 	pending map[string]struct{}
@@ -128,7 +129,7 @@ func New(opt Options) *Detector {
 	d := &Detector{
 		opt: opt, log: opt.Logger, stats: opt.Stats,
 		queue:   make(chan string, queueSize),
-		tokens:  newBucket(opt.ProbeRate, opt.Now),
+		tokens:  ratelimit.New(float64(opt.ProbeRate), opt.ProbeRate, opt.Now),
 		warn:    newRateLog(opt.Logger, 10*time.Second, opt.Now),
 		pending: map[string]struct{}{}, alive: map[string]time.Time{},
 	}
@@ -214,7 +215,7 @@ func (d *Detector) investigate(addr string) {
 		d.stats.Ignored.Add(1)
 		return
 	}
-	if !d.tokens.take() {
+	if !d.tokens.Take() {
 		d.stats.Dropped.Add(1)
 		return
 	}

@@ -6,32 +6,6 @@ import (
 	"time"
 )
 
-// bucket is a token bucket: rate tokens a second, at most rate stored.
-type bucket struct {
-	mu     sync.Mutex
-	rate   float64
-	tokens float64
-	last   time.Time
-	now    func() time.Time
-}
-
-func newBucket(rate int, now func() time.Time) *bucket {
-	return &bucket{rate: float64(rate), tokens: float64(rate), last: now(), now: now}
-}
-
-func (b *bucket) take() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t := b.now()
-	b.tokens = min(b.rate, b.tokens+t.Sub(b.last).Seconds()*b.rate)
-	b.last = t
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
 // rateLog writes a warning at most once per interval per message, with the
 // number of occurrences it stood for.
 type rateLog struct {

@@ -1,9 +1,12 @@
 package extproc
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
+	"github.com/coord-extproc/coord-extproc/registry"
 )
 
 // Each action and result over a real gRPC stream, with the metrics moving.
@@ -141,5 +144,35 @@ func TestClientCannotChooseUpstream(t *testing.T) {
 		if set == stripped { // exactly one of the two, never both (remove runs after set)
 			t.Fatalf("%s: set=%v removed=%v", p, set, stripped)
 		}
+	}
+}
+
+// Claims on miss past the replica's rate limit answer 503 with Retry-After
+// and write nothing (issue 24 #3: random ids once created 20 000 keys in
+// 7 s).
+func TestClaimRateLimit(t *testing.T) {
+	e := newEnvTB(t, func(o *registry.Options) { o.ClaimRate = 5 })
+	e.pod(t, "live", 7001)
+	claimed, limited := 0, 0
+	start := time.Now()
+	for i := range 40 {
+		status, body, h := immediateOf(e.headersOnly(t, "GET", fmt.Sprintf("/claim/flood-%d", i)))
+		switch {
+		case status == 0:
+			claimed++
+		case status == 503 && h["retry-after"] != "" && body == `{"error":"Claim rate exceeded"}`:
+			limited++
+		default:
+			t.Fatalf("claim %d: %d %s", i, status, body)
+		}
+	}
+	keys, _ := e.do(t, "KEYS", "coordinator:destination:flood-*").AsStrSlice()
+	t.Logf("40 claims at a limit of 5/s: %d claimed, %d refused, %d keys", claimed, limited, len(keys))
+	bound := 5 + int(5*time.Since(start).Seconds()) + 1 // the burst, and what refilled meanwhile
+	if claimed < 5 || claimed > bound || len(keys) != claimed || limited != 40-claimed {
+		t.Fatalf("%d claimed, %d refused, %d keys written", claimed, limited, len(keys))
+	}
+	if n := e.reg.Stats().ClaimsLimited.Load(); n != uint64(limited) {
+		t.Fatalf("ClaimsLimited = %d, want %d", n, limited)
 	}
 }

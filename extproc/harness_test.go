@@ -73,15 +73,19 @@ type env struct {
 
 func newEnv(t *testing.T) *env { return newEnvTB(t) }
 
-func newEnvTB(t testing.TB) *env {
+func newEnvTB(t testing.TB, mods ...func(*registry.Options)) *env {
 	t.Helper()
 	e := &env{srv: valkeytest.Start(t)}
 	e.c = e.srv.Client(t)
-	var err error
-	e.reg, err = registry.New(context.Background(), registry.Options{
+	opt := registry.Options{
 		AllowUpstream: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		Client:        valkey.ClientOption{InitAddress: []string{e.srv.Addr()}},
-	})
+	}
+	for _, mod := range mods {
+		mod(&opt)
+	}
+	var err error
+	e.reg, err = registry.New(context.Background(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,7 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 			"coord_extproc_valkey_errors_total":     stats.ValkeyErrors.Load,
 			"coord_extproc_stale_answers_total":     stats.StaleAnswers.Load,
 			"coord_extproc_malformed_records_total": stats.MalformedRecords.Load,
+			"coord_extproc_claims_limited_total":    stats.ClaimsLimited.Load,
 		} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
 				func() float64 { return float64(c()) }))
@@ -84,6 +85,7 @@ var counterHelp = map[string]string{
 	"coord_extproc_valkey_errors_total":     "Valkey calls that failed or timed out.",
 	"coord_extproc_stale_answers_total":     "Answers served from last known good data while Valkey failed.",
 	"coord_extproc_malformed_records_total": "Registry keys holding the wrong type of value (written by hand?).",
+	"coord_extproc_claims_limited_total":    "Claims on miss refused by --claim-rate (answered 503 with Retry-After).",
 }
 
 func (m *Metrics) decision(api, action, result string) {

@@ -135,6 +135,8 @@ func (o *outcome) setError(err error) {
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "No capacity", true
 	case errors.Is(err, registry.ErrTooManyMembers):
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Destination has too many members", true
+	case errors.Is(err, registry.ErrClaimLimited):
+		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Claim rate exceeded", true
 	case errors.Is(err, registry.ErrRecovering):
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Registry recovering", true
 	default: // ErrRegistryUnavailable, ErrMalformedRecord, context errors

@@ -21,6 +21,9 @@ var (
 	// ErrTooManyMembers: the destination's set is larger than
 	// Options.MaxSetMembers; it is not read (503, retry later).
 	ErrTooManyMembers = errors.New("destination has too many members")
+	// ErrClaimLimited: claims on miss are over this replica's rate limit
+	// (Options.ClaimRate); nothing was written (503, retry shortly).
+	ErrClaimLimited = errors.New("claims over this replica's rate limit")
 	// ErrConflict: a create's new destination is already bound to another
 	// member; nothing was written (409).
 	ErrConflict = errors.New("destination already bound to another member")

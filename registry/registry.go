@@ -14,6 +14,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/valkey-io/valkey-go"
 
+	"github.com/coord-extproc/coord-extproc/internal/ratelimit"
 	"github.com/coord-extproc/coord-extproc/strategy"
 )
 
@@ -64,6 +65,10 @@ type Options struct {
 	// AllowUpstream lists networks accepted although the address policy
 	// refuses them (loopback, link-local, multicast, unspecified).
 	AllowUpstream []netip.Prefix
+	// ClaimRate bounds the claims on miss this replica writes, per second
+	// (burst of the same size; 0: no bound): claim_on_miss gives every
+	// client writes, one new key per unknown id.
+	ClaimRate float64
 	// UpstreamCIDRs, when set, are the only networks accepted as upstreams
 	// (the pod CIDR): an allow-list instead of the deny-list alone.
 	UpstreamCIDRs []netip.Prefix
@@ -161,6 +166,7 @@ type Registry struct {
 	shared   shared
 
 	stats     *Stats
+	claims    *ratelimit.Bucket // nil: claims unbounded
 	cleanup   *cleaner
 	badAddrMu sync.Mutex
 	badAddr   map[string]struct{}
@@ -172,6 +178,8 @@ type Stats struct {
 	// HeldMembers is how many members the recovery hold held at this
 	// replica's last look at it (0 outside a recovery).
 	HeldMembers atomic.Int64
+	// ClaimsLimited counts claims refused by the claim rate limit.
+	ClaimsLimited atomic.Uint64
 	// DrainingMembers is how many live members were draining at the last
 	// refresh of the members set (SPEC §8.2).
 	DrainingMembers atomic.Int64
@@ -195,6 +203,9 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		inv:     newInvalidations(),
 	}
 	r.shards = newShards()
+	if opt.ClaimRate > 0 {
+		r.claims = ratelimit.New(opt.ClaimRate, max(1, int(opt.ClaimRate)), opt.Now)
+	}
 	r.addrs = newAddressResolver(opt.LookupHost, opt.DNSTTL, opt.Now, addressPolicy{allow: opt.AllowUpstream, only: opt.UpstreamCIDRs}, r.onResolved)
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {

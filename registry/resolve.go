@@ -151,6 +151,10 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 	if g.before != nil { // never claim during a hold
 		return Decision{}, nil, g.before
 	}
+	if r.claims != nil && !r.claims.Take() {
+		r.stats.ClaimsLimited.Add(1)
+		return Decision{}, nil, fmt.Errorf("%w: %q not claimed", ErrClaimLimited, destID)
+	}
 	c, err := r.pickLive(ctx, destID, now)
 	if err != nil {
 		return Decision{}, nil, err

@@ -58,7 +58,7 @@ func newBench(ctx context.Context, o options, work string, log io.Writer) (*benc
 		return nil, err
 	}
 	coordArgs := func(extra ...string) []string {
-		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
+		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--claim-rate", "0", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
 		return append(args, strings.Fields(o.coordArgs)...)
 	}
 	// coord-extproc runs as the Kubernetes manifest runs it, under a
@@ -301,7 +301,7 @@ func (b *bench) memory(ctx context.Context, rep *report) error {
 	// without one the Go runtime lets the heap grow to twice the live data
 	// before collecting, and RSS measures garbage, not the cache.
 	s, err := startServerEnv(ctx, b.work, "coord-extproc-memory", b.o.coordBin, []string{"GOMEMLIMIT=" + memLimit},
-		"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", metrics, "--log-level", "warn", "--cache-size", fmt.Sprint(n+n/10))
+		"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--claim-rate", "0", "--metrics-listen", metrics, "--log-level", "warn", "--cache-size", fmt.Sprint(n+n/10))
 	if err != nil {
 		return err
 	}

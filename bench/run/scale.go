@@ -142,7 +142,7 @@ func (b *bench) startScaled(ctx context.Context, name string, extra ...string) (
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--metrics-listen", metrics, "--log-level", "warn"}, extra...)
+	args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--claim-rate", "0", "--metrics-listen", metrics, "--log-level", "warn"}, extra...)
 	s, err := startServerEnv(ctx, b.work, name, b.o.coordBin, []string{"GOMEMLIMIT=" + manifestMemLimit}, args...)
 	if err != nil {
 		return nil, err

@@ -22,6 +22,10 @@ import (
 	"github.com/coord-extproc/coord-extproc/strategy"
 )
 
+// defaultClaimRate: new sessions of a busy gateway, with room; a flood of
+// random ids is cut there.
+const defaultClaimRate = 1000
+
 // Config is every setting of coord-extproc: defaults, then environment,
 // then flags, then Validate.
 type Config struct {
@@ -51,6 +55,7 @@ type Config struct {
 	GCPercent        int
 	ProbeTimeout     time.Duration
 	ProbeRate        int
+	ClaimRate        float64
 }
 
 func defaultConfig() Config {
@@ -76,6 +81,7 @@ func defaultConfig() Config {
 		GRPCWindow:       defaultGRPCWindow,
 		ProbeTimeout:     detector.DefaultProbeTimeout,
 		ProbeRate:        detector.DefaultProbeRate,
+		ClaimRate:        defaultClaimRate,
 	}
 }
 
@@ -138,6 +144,8 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
 		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},
+		{"claim-rate", "COORD_CLAIM_RATE", "most claims on miss this replica writes per second (each unknown id a client names becomes a key); past it 503 with Retry-After; 0: no bound",
+			func(fs *flag.FlagSet, n, u string) { fs.Float64Var(&c.ClaimRate, n, c.ClaimRate, u) }},
 		{"probe-timeout", "COORD_PROBE_TIMEOUT", "connect timeout of the probe that confirms a failure Envoy reported (SPEC §8.1); a refused or timed-out connect marks the member down",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ProbeTimeout, n, c.ProbeTimeout, u) }},
 		{"probe-rate", "COORD_PROBE_RATE", "most probes started per second for failure reports, all addresses together",
@@ -233,6 +241,9 @@ func (c *Config) Validate() error {
 	}
 	if c.GCPercent < -1 {
 		errs = append(errs, fmt.Errorf("--gc-percent %d: 0 (automatic), -1 (Go's default) or positive", c.GCPercent))
+	}
+	if c.ClaimRate < 0 {
+		errs = append(errs, fmt.Errorf("--claim-rate %g: 0 (no bound) or positive", c.ClaimRate))
 	}
 	if c.ProbeRate <= 0 {
 		errs = append(errs, fmt.Errorf("--probe-rate %d: must be positive", c.ProbeRate))

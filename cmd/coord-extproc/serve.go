@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		connected <- connect(cctx, registry.Options{
 			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, UpstreamCIDRs: only, MaxSetMembers: cfg.MaxSetMembers,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, UpstreamCIDRs: only, MaxSetMembers: cfg.MaxSetMembers, ClaimRate: cfg.ClaimRate,
 		}, reg, hs, log)
 	}()
 
