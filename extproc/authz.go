@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -113,13 +114,21 @@ func denied(o *outcome) *authv3.CheckResponse {
 }
 
 // authzHeaders reads headers from the map Envoy fills by default, or from
-// the header list it sends with encode_raw_headers.
+// the header list it sends with encode_raw_headers. In the map Envoy joins
+// a repeated header's values with ',': a value holding one is taken as
+// repeated (400), even where a custom id_pattern allows ',' — otherwise
+// "a,b" would route as one id (issue 24 #10).
 func authzHeaders(h interface {
 	GetHeaders() map[string]string
 	GetHeaderMap() *corev3.HeaderMap
 }) func(string) string {
 	if m := h.GetHeaders(); len(m) > 0 {
-		return func(name string) string { return m[name] }
+		return func(name string) string {
+			if v := m[name]; !strings.Contains(v, ",") {
+				return v
+			}
+			return route.RepeatedHeader
+		}
 	}
 	list := h.GetHeaderMap().GetHeaders()
 	return func(name string) string { return requestHeader(list, name) }

@@ -9,6 +9,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
+
+	"github.com/coord-extproc/coord-extproc/route"
 )
 
 func (e *env) check(t *testing.T, method, path string, kv ...string) *authv3.CheckResponse {
@@ -154,5 +156,22 @@ func TestRepeatedIDHeaderAndPathSteps(t *testing.T) {
 		if status, _, _ := immediateOf(e.headersOnly(t, "GET", path)); status != 400 {
 			t.Errorf("%s: %d, want 400", path, status)
 		}
+	}
+}
+
+// In ext_authz's header map Envoy joins a repeated header with ',': such a
+// value is a repeated header (400), even under an id_pattern allowing ','.
+func TestAuthzJoinedHeaderIsRepeated(t *testing.T) {
+	tbl, err := route.Parse([]byte("id_pattern: '^[a-z,]{1,20}$'\nrules:\n  - name: h\n    destination_header: x-destination-id\n    action: route\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := authzHeaders(&authv3.AttributeContext_HttpRequest{Headers: map[string]string{"x-destination-id": "a,b"}})
+	if _, err := tbl.Match("GET", "/", get); err == nil {
+		t.Fatal(`"a,b" from the header map matched as one id`)
+	}
+	get = authzHeaders(&authv3.AttributeContext_HttpRequest{Headers: map[string]string{"x-destination-id": "ab"}})
+	if m, err := tbl.Match("GET", "/", get); err != nil || m.ID != "ab" {
+		t.Fatalf("a single value: %+v %v", m, err)
 	}
 }
