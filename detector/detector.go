@@ -93,7 +93,7 @@ type Detector struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	tokens  *ratelimit.Bucket
-	warn    *rateLog
+	warn    *ratelimit.Log
 	mu      sync.Mutex
 	pending map[string]struct{}
 	alive   map[string]time.Time // address → when it last answered a probe
@@ -130,7 +130,7 @@ func New(opt Options) *Detector {
 		opt: opt, log: opt.Logger, stats: opt.Stats,
 		queue:   make(chan string, queueSize),
 		tokens:  ratelimit.New(float64(opt.ProbeRate), opt.ProbeRate, opt.Now),
-		warn:    newRateLog(opt.Logger, 10*time.Second, opt.Now),
+		warn:    ratelimit.NewLog(opt.Logger, 10*time.Second, opt.Now),
 		pending: map[string]struct{}{}, alive: map[string]time.Time{},
 	}
 	d.base, d.stop = context.WithCancel(context.Background())
@@ -208,7 +208,7 @@ func (d *Detector) investigate(addr string) {
 	suspects, err := d.opt.Registry.MembersAt(ctx, addr)
 	if err != nil {
 		d.stats.Errors.Add(1)
-		d.warn.log("failure report not checked: registry unavailable", "addr", addr, "err", err)
+		d.warn.Warn("failure report not checked: registry unavailable", "addr", addr, "err", err)
 		return
 	}
 	if len(suspects) == 0 {
@@ -239,7 +239,7 @@ func (d *Detector) transition(ctx context.Context, ss []registry.Suspect, change
 		switch {
 		case err != nil:
 			d.stats.Errors.Add(1)
-			d.warn.log(failMsg, "member", s.ID, "addr", s.Addr, "err", err)
+			d.warn.Warn(failMsg, "member", s.ID, "addr", s.Addr, "err", err)
 		case ok:
 			done.Add(1)
 			d.log.Info(msg, "member", s.ID, "addr", s.Addr)
@@ -319,7 +319,7 @@ func (d *Detector) probe(ctx context.Context, addr string) probeResult {
 	}
 	if ctx.Err() != nil && pctx.Err() == nil || localFailure(err) {
 		d.stats.Inconclusive.Add(1)
-		d.warn.log("probe inconclusive: the failure is this process's, not the pod's", "addr", addr, "err", err)
+		d.warn.Warn("probe inconclusive: the failure is this process's, not the pod's", "addr", addr, "err", err)
 		return probeInconclusive
 	}
 	return probeFailed

@@ -261,7 +261,7 @@ func (x *exchange) done(result, warning string, args ...any) {
 	x.awaiting = false
 	x.final = true
 	if warning != "" {
-		x.s.opt.Logger.Warn(warning, append([]any{"rule", x.o.rule.Name, "member", x.o.member.ID}, args...)...)
+		x.s.warn.Warn(warning, append([]any{"rule", x.o.rule.Name, "member", x.o.member.ID}, args...)...)
 	}
 	x.record(result)
 }

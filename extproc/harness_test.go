@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/coord-extproc/coord-extproc/internal/logbuf"
 	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
@@ -69,6 +71,7 @@ type env struct {
 	proc   extprocv3.ExternalProcessorClient
 	authz  authv3.AuthorizationClient
 	gs     *grpc.Server
+	logs   logbuf.Buffer // the server's log
 }
 
 func newEnv(t *testing.T) *env { return newEnvTB(t) }
@@ -95,7 +98,8 @@ func newEnvTB(t testing.TB, mods ...func(*registry.Options)) *env {
 		t.Fatal(err)
 	}
 	e.prom = prometheus.NewRegistry()
-	s, err := NewServer(Options{Table: tbl, Registry: e.reg, Metrics: NewMetrics(e.prom, e.reg.Stats()), BodyLimit: 1024})
+	s, err := NewServer(Options{Table: tbl, Registry: e.reg, Metrics: NewMetrics(e.prom, e.reg.Stats()), BodyLimit: 1024,
+		Logger: slog.New(slog.NewTextHandler(&e.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

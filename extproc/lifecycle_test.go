@@ -167,3 +167,29 @@ func TestCreateBodyWithoutHeadersIsNotBound(t *testing.T) {
 		t.Fatalf("bound without a status check: %v", got)
 	}
 }
+
+// What a client can trigger per request is logged once per interval with a
+// count, its values cut (issue 24 #7: a WARN per request, ids up to 64 KiB).
+func TestClientTriggeredWarningsAggregated(t *testing.T) {
+	e := newEnv(t)
+	e.pod(t, "live", 7001)
+	for range 50 {
+		s := e.open(t)
+		s.send(reqHeaders("POST", "/tenants"))
+		s.send(respHeaders(500))
+		s.expectEnd()
+		s.close()
+	}
+	s := e.open(t)
+	s.send(reqHeaders("POST", "/tenants"))
+	s.send(respHeaders(201))
+	s.send(respBody(`{"tenantId":"` + strings.Repeat("x", 900) + ` invalid"}`)) // within the body limit, not a valid id
+	s.close()
+	logs := e.logs.String()
+	if n := strings.Count(logs, "unexpected status"); n != 1 {
+		t.Fatalf("50 unexpected statuses logged %d times:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "invalid id") || strings.Contains(logs, strings.Repeat("x", 300)) {
+		t.Fatalf("the invalid id was not logged cut:\n%s", logs)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/coord-extproc/coord-extproc/internal/ratelimit"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/route"
 )
@@ -57,6 +58,10 @@ type Server struct {
 	pass    *extprocv3.ProcessingResponse // shared, never mutated
 	checks  answerCache[*authv3.CheckResponse]
 	codec   Codec // freezes the shared answers
+	// warn logs what a client or a pod can trigger per request (an
+	// unexpected upstream status, a stream ended early): once per 10 s per
+	// message with a count, values cut.
+	warn *ratelimit.Log
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -78,7 +83,7 @@ func NewServer(opt Options) (*Server, error) {
 	if opt.DecisionTimeout <= 0 {
 		opt.DecisionTimeout = registry.DefaultDecisionTimeout
 	}
-	s := &Server{opt: opt, codec: NewCodec()}
+	s := &Server{opt: opt, codec: NewCodec(), warn: ratelimit.NewLog(opt.Logger, 10*time.Second, nil)}
 	s.pass = s.passHeaders()
 	s.codec.Freeze(s.pass)
 	return s, nil
