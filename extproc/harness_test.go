@@ -41,6 +41,11 @@ rules:
     methods: [DELETE]
     path: /tenants/{destination}
     action: delete
+  - name: delete-strict
+    methods: [DELETE]
+    path: /strict/{destination}
+    action: delete
+    keep_dead_bindings: true
   - name: tenant-data
     path: /tenants/{destination}/**
     action: route

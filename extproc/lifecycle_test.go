@@ -105,6 +105,15 @@ func TestCreate(t *testing.T) {
 func TestDelete(t *testing.T) {
 	e := newEnv(t)
 	e.pod(t, "live", 7001)
+	// keep_dead_bindings: a delete no pod can approve is refused (404) and
+	// the binding stays (issue 24 #11).
+	t.Run("dead binding kept when the rule says so", func(t *testing.T) {
+		e.do(t, "SADD", "coordinator:destination:strict-dead", "dead1")
+		status, _, _ := immediateOf(e.headersOnly(t, "DELETE", "/strict/strict-dead"))
+		if got := smembers(t, e, "coordinator:destination:strict-dead"); status != 404 || len(got) != 1 {
+			t.Fatalf("strict delete of a dead binding: %d, set %v; want 404 and the binding kept", status, got)
+		}
+	})
 	e.do(t, "SADD", "coordinator:destination:gone-ok", "live")
 	e.do(t, "SADD", "coordinator:destination:kept", "live")
 	e.do(t, "SADD", "coordinator:destination:deadpod", "dead1", "dead2")

@@ -113,6 +113,10 @@ func (o *outcome) decideDelete(ctx context.Context, reg Registry) {
 		o.routed, o.member, o.result = true, b.Live[0], ResultHit
 		return
 	}
+	if o.rule.KeepDeadBindings { // no pod can approve the delete: refuse it
+		o.setError(registry.ErrNotFound)
+		return
+	}
 	if err := reg.DeleteDestination(ctx, o.id); err != nil {
 		o.setError(err)
 		return

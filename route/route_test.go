@@ -153,6 +153,7 @@ func TestFileErrorsNameTheRule(t *testing.T) {
 		{"route without id", "rules:\n  - name: r1\n    path: /a\n    action: route\n", "rule 1 (r1): route needs exactly one destination id source"},
 		{"two ids", "rules:\n  - name: r1\n    path: /a/{destination}\n    destination_header: x-d\n    action: route\n", "exactly one"},
 		{"claim on lock", "rules:\n  - name: r1\n    path: /a/{lock}\n    action: route_lock\n    claim_on_miss: true\n", "route rules only"},
+		{"keep dead bindings on a route", "rules:\n  - name: r1\n    path: /a/{destination}\n    action: route\n    keep_dead_bindings: true\n", "delete rules only"},
 		{"create with request id", "rules:\n  - name: r1\n    path: /a/{destination}\n    action: create\n", "create reads the new id from the response"},
 		{"bad status", "rules:\n  - name: r1\n    path: /a\n    action: create\n    expected_status: 42\n", "expected_status 42"},
 		{"bad method", "rules:\n  - name: r1\n    methods: [G3T]\n    action: pass\n", `method "G3T"`},

@@ -44,6 +44,11 @@ type Rule struct {
 	IDFromHeader      string   `yaml:"id_from_header"`
 	ClaimOnMiss       bool     `yaml:"claim_on_miss"`
 	ReassignOrphans   bool     `yaml:"reassign_orphans"`
+	// KeepDeadBindings: a delete whose members are all dead answers 404
+	// and leaves the binding, instead of removing it and answering the
+	// expected status without any pod's say (the Node library's way, and
+	// the default).
+	KeepDeadBindings bool `yaml:"keep_dead_bindings"`
 	DestinationHeader string   `yaml:"destination_header"`
 	LockHeader        string   `yaml:"lock_header"`
 	IDPattern         string   `yaml:"id_pattern"`
@@ -65,7 +70,7 @@ type file struct {
 
 var ruleKeys = map[string]bool{
 	"name": true, "methods": true, "path": true, "action": true, "expected_status": true,
-	"id_from_json": true, "id_from_header": true, "claim_on_miss": true, "reassign_orphans": true,
+	"id_from_json": true, "id_from_header": true, "claim_on_miss": true, "reassign_orphans": true, "keep_dead_bindings": true,
 	"destination_header": true, "lock_header": true, "id_pattern": true,
 }
 
@@ -284,6 +289,9 @@ func (r *Rule) checkSources(capture segKind) error {
 	}
 	if respID && r.Action != ActionCreate {
 		return fmt.Errorf("id_from_json and id_from_header apply to create rules only, not %s", r.Action)
+	}
+	if r.KeepDeadBindings && r.Action != ActionDelete {
+		return fmt.Errorf("keep_dead_bindings applies to delete rules only, not %s", r.Action)
 	}
 	if (r.ClaimOnMiss || r.ReassignOrphans) && r.Action != ActionRoute {
 		return fmt.Errorf("claim_on_miss and reassign_orphans apply to route rules only, not %s", r.Action)
