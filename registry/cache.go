@@ -260,7 +260,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	ttlAt := make([]int, len(missing))
 	for j, i := range missing {
 		cmds = append(cmds,
-			valkey.CT(r.client.B().Hgetall().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL),
+			valkey.CT(readMemberCached(r.client.B(), r.keys.member(ids[i])).ToStaticTTL(), r.opt.CacheTTL),
 			valkey.CT(r.client.B().Get().Key(r.keys.down(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
 		ttlAt[j] = -1
 		if prev, ok := r.members.Peek(ids[i]); !ok || prev.ttl == 0 {
@@ -278,7 +278,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		if ttlAt[j] >= 0 {
 			at++
 		}
-		fields, err := rec.AsStrMap()
+		fields, err := recordFields(rec)
 		err = r.valkeyErr(err)
 		if err != nil && !errors.Is(err, ErrMalformedRecord) {
 			return nil, err

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/coord-extproc/coord-extproc/internal/valkeytest"
 )
 
 // SPEC §8.1: a down mark written by one replica makes every replica treat
@@ -170,4 +174,42 @@ func TestDownMarkLifted(t *testing.T) {
 			t.Errorf("ListPeerLoad = %+v, %v; want only b", peers, err)
 		}
 	})
+}
+
+// A pod may write anything into its own record; coordinators read only
+// the fields they use (issue 24 #4: a 60 MB field once cost every replica
+// 720 MiB in 10 s). The big field never leaves Valkey.
+func TestMemberReadsOnlyUsedFields(t *testing.T) {
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	r := newRegistry(t, srv, nil)
+	nodeMember(t, c, "coordinator", "fat", 7001, 0)
+	do(t, c, "HSET", "coordinator:member:fat", "junk", strings.Repeat("x", 8<<20))
+	do(t, c, "SADD", "coordinator:destination:d", "fat")
+	do(t, c, "HSET", "coordinator:lock:tx", "podId", "fat", "destinationId", "d", "meta", strings.Repeat("y", 8<<20))
+	sent := func() int64 {
+		info, _ := do(t, c, "INFO", "stats").ToString()
+		for _, l := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(l, "total_net_output_bytes:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				return n
+			}
+		}
+		return 0
+	}
+	before := sent()
+	ctx := context.Background()
+	for i := range 5 {
+		if d, err := route(t, r, "d", RouteOptions{}); err != nil || d.Member.ID != "fat" {
+			t.Fatalf("route %d: %+v %v", i, d, err)
+		}
+		if d, err := r.RouteLock(ctx, "tx"); err != nil || d.Member.ID != "fat" {
+			t.Fatalf("lock %d: %+v %v", i, d, err)
+		}
+		r.members.Purge() // read the record again each time
+		r.locks.Purge()
+	}
+	if n := sent() - before; n > 1<<20 {
+		t.Fatalf("Valkey sent %d bytes for 10 routings: the big fields were read", n)
+	}
 }

@@ -87,14 +87,14 @@ func (r *Registry) describeMembers(ctx context.Context, ids []string) ([]MemberI
 	defer cancel()
 	cmds := make([]valkey.Completed, 0, 3*len(ids))
 	for _, id := range ids {
-		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Pttl().Key(r.keys.member(id)).Build(),
+		cmds = append(cmds, readMember(r.client.B(), r.keys.member(id)), r.client.B().Pttl().Key(r.keys.member(id)).Build(),
 			r.client.B().Get().Key(r.keys.down(id)).Build())
 	}
 	res := r.client.DoMulti(ctx, cmds...)
 	out := make([]MemberInfo, len(ids))
 	for i, id := range ids {
 		out[i].ID = id
-		fields, err := res[3*i].AsStrMap()
+		fields, err := recordFields(res[3*i])
 		if err = r.valkeyErr(err); err != nil {
 			return nil, fmt.Errorf("member %q: %w", id, err)
 		}

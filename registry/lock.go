@@ -105,16 +105,25 @@ func (r *Registry) readLock(ctx context.Context, lockID string, cached bool, now
 	defer cancel()
 	key := r.keys.lock(lockID)
 	var res valkey.ValkeyResult
+	// Only the two routing fields: the rest is the pod's metadata, of any
+	// size, which routing never needs.
 	if cached {
-		res = r.client.DoCache(ctx, r.client.B().Hgetall().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
+		res = r.client.DoCache(ctx, r.client.B().Hmget().Key(key).Field(lockFieldPod, lockFieldDest).Cache().ToStaticTTL(), r.opt.CacheTTL)
 	} else {
-		res = r.client.Do(ctx, r.client.B().Hgetall().Key(key).Build())
+		res = r.client.Do(ctx, r.client.B().Hmget().Key(key).Field(lockFieldPod, lockFieldDest).Build())
 	}
-	fields, err := res.AsStrMap()
+	vals, err := res.ToArray()
 	if err = r.valkeyErr(err); err != nil {
 		return nil, now, err
 	}
-	return &lockEntry{exists: len(fields) > 0, podID: fields[lockFieldPod], destID: fields[lockFieldDest]}, r.readAt(res, now), nil
+	l := &lockEntry{}
+	if len(vals) == 2 {
+		var perr, derr error
+		l.podID, perr = vals[0].ToString()
+		l.destID, derr = vals[1].ToString()
+		l.exists = perr == nil || derr == nil
+	}
+	return l, r.readAt(res, now), nil
 }
 
 // staleLock answers from the last known lock and owner records when Valkey

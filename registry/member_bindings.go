@@ -180,12 +180,12 @@ func (m *Member) ListPeerLoad(ctx context.Context) ([]PeerLoad, error) {
 	slices.Sort(ids)
 	cmds := make([]valkey.Completed, 0, 2*len(ids))
 	for _, id := range ids {
-		cmds = append(cmds, c.B().Hgetall().Key(m.keys.member(id)).Build(), c.B().Get().Key(m.keys.down(id)).Build())
+		cmds = append(cmds, readMember(c.B(), m.keys.member(id)), c.B().Get().Key(m.keys.down(id)).Build())
 	}
 	res := c.DoMulti(ctx, cmds...)
 	var out []PeerLoad
 	for i := range ids {
-		f, err := res[2*i].AsStrMap()
+		f, err := recordFields(res[2*i])
 		if err != nil {
 			return nil, fmt.Errorf("registry: read member %q: %w", ids[i], err)
 		}

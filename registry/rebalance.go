@@ -116,11 +116,11 @@ func (r *Registry) Holdings(ctx context.Context) ([]Holding, error) {
 	for _, batch := range chunks(ids, 500) {
 		cmds := make([]valkey.Completed, 0, 2*len(batch))
 		for _, id := range batch {
-			cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Get().Key(r.keys.down(id)).Build())
+			cmds = append(cmds, readMember(r.client.B(), r.keys.member(id)), r.client.B().Get().Key(r.keys.down(id)).Build())
 		}
 		res := r.client.DoMulti(ctx, cmds...)
 		for i, id := range batch {
-			f, err := res[2*i].AsStrMap()
+			f, err := recordFields(res[2*i])
 			if err = r.valkeyErr(err); err != nil {
 				return nil, err
 			}

@@ -330,12 +330,12 @@ func (r *Registry) confirmMembers(ctx context.Context, ids []string) ([]*memberE
 	defer cancel()
 	cmds := make([]valkey.Completed, 0, 2*len(ids))
 	for _, id := range ids {
-		cmds = append(cmds, r.client.B().Hgetall().Key(r.keys.member(id)).Build(), r.client.B().Get().Key(r.keys.down(id)).Build())
+		cmds = append(cmds, readMember(r.client.B(), r.keys.member(id)), r.client.B().Get().Key(r.keys.down(id)).Build())
 	}
 	res := r.client.DoMulti(ctx, cmds...)
 	out := make([]*memberEntry, 0, len(ids))
 	for i := range ids {
-		fields, err := res[2*i].AsStrMap()
+		fields, err := recordFields(res[2*i])
 		if err = r.valkeyErr(err); errors.Is(err, ErrMalformedRecord) {
 			continue // neither dead nor routable: left alone
 		} else if err != nil {

@@ -102,11 +102,11 @@ func (h *recovery) restore() {
 	defer cancel()
 	cmds := make([]valkey.Completed, len(ids))
 	for i, id := range ids {
-		cmds[i] = r.client.B().Hgetall().Key(r.keys.member(id)).Build()
+		cmds[i] = readMember(r.client.B(), r.keys.member(id))
 	}
 	res := r.client.DoMulti(ctx, cmds...)
 	for i, id := range ids {
-		fields, err := res[i].AsStrMap()
+		fields, err := recordFields(res[i])
 		if err = r.valkeyErr(err); err != nil {
 			continue // try again next round
 		}
