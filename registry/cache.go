@@ -110,10 +110,6 @@ type memberEntry struct {
 	addr     string // IP:port; empty when unroutable (kept when down, for re-probes)
 	raw      string // the record's address field as the pod wrote it
 	load     int64
-	// ttl is the record's TTL as first observed (PTTL rounded up to a
-	// second, 0 unknown): how long a silent member stays held after a
-	// wipe (recovery.go).
-	ttl time.Duration
 }
 
 func (m *memberEntry) candidate() strategy.Candidate {
@@ -255,29 +251,17 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 	// Each member is two tracked reads: its record and its down mark. A
 	// mark that never changes is served by valkey-go's cache, so a
 	// heartbeat's re-read still costs one round trip.
-	// The record's TTL is read once per member, with its first record.
-	cmds := make([]valkey.CacheableTTL, 0, 3*len(missing))
-	ttlAt := make([]int, len(missing))
-	for j, i := range missing {
+	cmds := make([]valkey.CacheableTTL, 0, 2*len(missing))
+	for _, i := range missing {
 		cmds = append(cmds,
 			valkey.CT(readMemberCached(r.client.B(), r.keys.member(ids[i])).ToStaticTTL(), r.opt.CacheTTL),
 			valkey.CT(r.client.B().Get().Key(r.keys.down(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
-		ttlAt[j] = -1
-		if prev, ok := r.members.Peek(ids[i]); !ok || prev.ttl == 0 {
-			ttlAt[j] = len(cmds)
-			cmds = append(cmds, valkey.CT(r.client.B().Pttl().Key(r.keys.member(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
-		}
 	}
 	vctx, cancel := r.callCtx(ctx)
 	results := r.client.DoMultiCache(vctx, cmds...)
 	cancel()
-	at := 0
 	for j, i := range missing {
-		rec, markRes := results[at], results[at+1]
-		at += 2
-		if ttlAt[j] >= 0 {
-			at++
-		}
+		rec, markRes := results[2*j], results[2*j+1]
 		fields, err := recordFields(rec)
 		err = r.valkeyErr(err)
 		if err != nil && !errors.Is(err, ErrMalformedRecord) {
@@ -297,7 +281,6 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 			r.addrs.awaitFirst(ctx, fields["address"]) // a hostname's first answer, inside the budget
 			e = r.memberFromFields(ids[i], fields, mark)
 		}
-		e.ttl = r.observedTTL(ids[i], results, ttlAt[j])
 		r.stamp(&e.freshness, r.readAt(rec, now), gen, r.keys.member(ids[i]))
 		r.stamp(&e.mark, r.readAt(markRes, now), gen, r.keys.down(ids[i]))
 		r.members.Add(ids[i], e)
@@ -312,23 +295,6 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		}
 	}
 	return out, nil
-}
-
-// observedTTL is the member's record TTL: read now (results[at]) rounded
-// up to a whole second (pods set whole seconds; a read lands between
-// heartbeats), or as its previous entry knew it.
-func (r *Registry) observedTTL(id string, results []valkey.ValkeyResult, at int) time.Duration {
-	if at < 0 {
-		if prev, ok := r.members.Peek(id); ok {
-			return prev.ttl
-		}
-		return 0
-	}
-	ms, err := results[at].AsInt64()
-	if err != nil || ms <= 0 {
-		return 0
-	}
-	return time.Duration((ms+999)/1000) * time.Second
 }
 
 // memberFromFields builds a member from its record's fields and the

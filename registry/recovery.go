@@ -440,14 +440,14 @@ func (r *Registry) snapshotLive() []knownMember {
 	seen := map[string]*knownMember{}
 	for _, id := range r.members.Keys() {
 		if e, ok := r.members.Peek(id); ok && e.live {
-			seen[id] = &knownMember{id: id, raw: e.raw, ttl: e.ttl}
+			seen[id] = &knownMember{id: id, raw: e.raw, ttl: r.ttls.get(id)}
 		}
 	}
 	if e := r.all.Load(); e != nil {
 		if v := e.set.view.Load(); v != nil {
 			for _, c := range v.live {
 				if seen[c.ID] == nil {
-					seen[c.ID] = &knownMember{id: c.ID}
+					seen[c.ID] = &knownMember{id: c.ID, ttl: r.ttls.get(c.ID)}
 				}
 			}
 			for _, id := range v.unroutable {
@@ -485,6 +485,7 @@ func (r *Registry) refreshMembers() {
 		if v, err := r.viewOf(ctx, e, now); err == nil {
 			r.stats.DrainingMembers.Store(int64(len(v.live) - len(v.takers)))
 		}
+		r.ttls.observe(ctx, r, e.set.ids)
 	}
 }
 

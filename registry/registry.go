@@ -166,6 +166,7 @@ type Registry struct {
 	shared   shared
 
 	stats     *Stats
+	ttls      memberTTLs
 	claims    *ratelimit.Bucket // nil: claims unbounded
 	cleanup   *cleaner
 	badAddrMu sync.Mutex

@@ -17,15 +17,18 @@ import (
 // nodePod plays a @platformatic/coordinator Member with its exact
 // commands: register (SADD members, HSET address+load, EXPIRE), then a
 // heartbeat every interval (HSET load, EXPIRE), which after a wipe
-// re-creates the record with load alone. It stops when ctx ends.
-func nodePod(ctx context.Context, t *testing.T, c valkey.Client, id string, port int, ttl, every time.Duration) {
+// re-creates the record with load alone. It stops when ctx ends; the
+// channel closes once no heartbeat is in flight.
+func nodePod(ctx context.Context, t *testing.T, c valkey.Client, id string, port int, ttl, every time.Duration) <-chan struct{} {
 	t.Helper()
 	key := "coordinator:member:" + id
 	secs := strconv.Itoa(int(ttl.Seconds()))
 	do(t, c, "SADD", "coordinator:members", id)
 	do(t, c, "HSET", key, "address", fmt.Sprintf("http://127.0.0.1:%d", port), "load", "0")
 	do(t, c, "EXPIRE", key, secs)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		tk := time.NewTicker(every)
 		defer tk.Stop()
 		for n := 1; ; n++ {
@@ -40,6 +43,7 @@ func nodePod(ctx context.Context, t *testing.T, c valkey.Client, id string, port
 			cancel()
 		}
 	}()
+	return done
 }
 
 // SPEC §3 "Node pods after a wipe": Node pods heartbeating every second
@@ -64,7 +68,7 @@ func TestNodeFleetRestoredAfterWipe(t *testing.T) {
 			nodePod(ctx, t, c, "node-a", 7001, 30*time.Second, time.Second)
 			nodePod(ctx, t, c, "node-b", 7002, 30*time.Second, time.Second)
 			stoppedCtx, stopC := context.WithCancel(ctx)
-			nodePod(stoppedCtx, t, c, "node-c", 7003, 30*time.Second, time.Second)
+			cBeating := nodePod(stoppedCtx, t, c, "node-c", 7003, 30*time.Second, time.Second)
 			bindings := map[string][]string{"da": {"node-a"}, "db": {"node-b"}, "fan": {"node-a", "node-b"}, "dc": {"node-c"}}
 			for d, ids := range bindings {
 				do(t, c, append([]string{"SADD", "coordinator:destination:" + d}, ids...)...)
@@ -99,6 +103,7 @@ func TestNodeFleetRestoredAfterWipe(t *testing.T) {
 				eventually(t, 2*time.Second, "warm "+d, func() bool { return routes(d, ids...) })
 			}
 			stopC() // node-c stops heartbeating before the wipe: no evidence later
+			<-cBeating
 
 			w.wipe(srv, c)
 			wiped := time.Now()
@@ -146,14 +151,24 @@ func TestHoldEndsByMemberTTL(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
 	r := newRegistry(t, srv, func(o *Options) { o.HoldMax = 30 * time.Second })
+	hbCtx, stopHeartbeats := context.WithCancel(context.Background())
+	t.Cleanup(stopHeartbeats)
+	var beating []<-chan struct{}
 	for i, id := range []string{"short-a", "short-b"} {
-		do(t, c, "SADD", "coordinator:members", id)
-		do(t, c, "HSET", "coordinator:member:"+id, "address", fmt.Sprintf("http://127.0.0.1:%d", 7100+i), "load", "0")
-		do(t, c, "EXPIRE", "coordinator:member:"+id, strconv.Itoa(int(ttl.Seconds())))
 		do(t, c, "SADD", "coordinator:destination:d-"+id, id)
+		// Node pods with a 3 s TTL, heartbeating until the wipe, never after.
+		beating = append(beating, nodePod(hbCtx, t, c, id, 7100+i, ttl, 300*time.Millisecond))
 		if _, err := route(t, r, "d-"+id, RouteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// TTLs are observed in the background (never on the request path).
+	eventually(t, 5*time.Second, "the members' TTLs observed", func() bool {
+		return r.ttls.get("short-a") == ttl && r.ttls.get("short-b") == ttl
+	})
+	stopHeartbeats()
+	for _, b := range beating {
+		<-b // no heartbeat may land after the wipe: that would be evidence to restore them
 	}
 	do(t, c, "FLUSHALL")
 	wiped := time.Now()
