@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -21,9 +20,6 @@ type memberTTLs struct {
 const (
 	maxTTLs         = 100_000
 	ttlReadsPerPass = 1000
-	// ttlRereads: known TTLs read again per pass, so the largest of a few
-	// reads (between heartbeats a read sees less than the full TTL) wins.
-	ttlRereads = 50
 )
 
 func (t *memberTTLs) get(id string) time.Duration {
@@ -32,26 +28,23 @@ func (t *memberTTLs) get(id string) time.Duration {
 	return t.m[id]
 }
 
-// observe reads the PTTL of the ids whose TTL is not known yet (a bounded
-// batch per pass) and of a few known ones again, keeping the largest read
-// rounded up to a whole second: pods set whole seconds, and a read lands
-// between two heartbeats.
+// observe reads, once per member, the PTTL of the ids whose TTL is not
+// known yet (a bounded batch per pass), rounded up to a whole second: pods
+// set whole seconds, and a read lands at most one heartbeat interval short
+// of the TTL — a member silent that long after a wipe has missed its own
+// re-registration. Known TTLs are not read again: nothing in steady state
+// costs a command.
 func (t *memberTTLs) observe(ctx context.Context, r *Registry, ids []string) {
 	t.mu.Lock()
 	if t.m == nil || len(t.m) >= maxTTLs {
 		t.m = map[string]time.Duration{}
 	}
-	var unknown, again []string
+	var unknown []string
 	for _, id := range ids {
-		_, ok := t.m[id]
-		switch {
-		case !ok && len(unknown) < ttlReadsPerPass:
+		if _, ok := t.m[id]; !ok && len(unknown) < ttlReadsPerPass {
 			unknown = append(unknown, id)
-		case ok && len(again) < ttlRereads && rand.IntN(len(ids)) < 2*ttlRereads:
-			again = append(again, id)
 		}
 	}
-	unknown = append(unknown, again...)
 	t.mu.Unlock()
 	if len(unknown) == 0 {
 		return
@@ -64,8 +57,13 @@ func (t *memberTTLs) observe(ctx context.Context, r *Registry, ids []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i, id := range unknown {
-		if ms, err := res[i].AsInt64(); err == nil && ms > 0 {
-			t.m[id] = max(t.m[id], time.Duration((ms+999)/1000)*time.Second)
+		ms, err := res[i].AsInt64()
+		switch {
+		case err != nil: // read again next pass
+		case ms > 0:
+			t.m[id] = time.Duration((ms+999)/1000) * time.Second
+		default: // no TTL (-1) or gone (-2): known as unknown (HoldMax), not read again
+			t.m[id] = 0
 		}
 	}
 }
