@@ -56,8 +56,10 @@ return 1
 const restoreInterval = 250 * time.Millisecond
 
 // onMemberWrite runs in valkey-go's reader for every member record
-// invalidation: a restorable member's heartbeat wakes the restorer.
+// invalidation: it dates the write for the member's TTL (ttl.go), and a
+// restorable member's heartbeat wakes the restorer.
 func (h *recovery) onMemberWrite(id string) {
+	h.r.ttls.wrote(id, time.Now())
 	if h.nRestorable.Load() == 0 {
 		return
 	}

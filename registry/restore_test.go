@@ -224,3 +224,32 @@ func TestHoldReadBackIsClamped(t *testing.T) {
 		})
 	}
 }
+
+// A member's TTL as observed is the TTL its heartbeat set, not the PTTL
+// left when it happened to be read (up to a heartbeat short: a hold once
+// ended a second early). Read for pods with a 5 s TTL beating every 1 s.
+func TestMemberTTLObservedWhole(t *testing.T) {
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	r := newRegistry(t, srv, func(o *Options) { o.CacheTTL = 300 * time.Millisecond }) // refresh passes every 100 ms
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	ids := []string{"p0", "p1", "p2", "p3", "p4", "p5"}
+	for i, id := range ids {
+		nodePod(ctx, t, c, id, 7200+i, 5*time.Second, time.Second)
+		time.Sleep(150 * time.Millisecond) // staggered: each read lands at another point of its heartbeat cycle
+	}
+	eventually(t, 5*time.Second, "every TTL observed", func() bool {
+		for _, id := range ids {
+			if r.ttls.get(id) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range ids {
+		if got := r.ttls.get(id); got != 5*time.Second {
+			t.Errorf("%s: TTL observed %s, want 5s", id, got)
+		}
+	}
+}

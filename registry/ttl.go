@@ -15,6 +15,25 @@ import (
 type memberTTLs struct {
 	mu sync.Mutex
 	m  map[string]time.Duration
+	// written is when a member's record was last written (its invalidation
+	// arrived), while its TTL is unknown: a PTTL read some time after a
+	// heartbeat is short by that time (one heartbeat at most), which once
+	// ended a hold a second early. The PTTL plus the time since the write
+	// is the TTL the heartbeat set.
+	written map[string]time.Time
+}
+
+// wrote notes a write of id's record, until its TTL is known.
+func (t *memberTTLs) wrote(id string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, known := t.m[id]; known {
+		return
+	}
+	if t.written == nil || len(t.written) >= maxTTLs {
+		t.written = map[string]time.Time{}
+	}
+	t.written[id] = at
 }
 
 const (
@@ -29,11 +48,9 @@ func (t *memberTTLs) get(id string) time.Duration {
 }
 
 // observe reads, once per member, the PTTL of the ids whose TTL is not
-// known yet (a bounded batch per pass), rounded up to a whole second: pods
-// set whole seconds, and a read lands at most one heartbeat interval short
-// of the TTL — a member silent that long after a wipe has missed its own
-// re-registration. Known TTLs are not read again: nothing in steady state
-// costs a command.
+// known yet (a bounded batch per pass), adds the time since the record's
+// last write, and rounds to a whole second (pods set whole seconds). Known
+// TTLs are not read again: nothing in steady state costs a command.
 func (t *memberTTLs) observe(ctx context.Context, r *Registry, ids []string) {
 	t.mu.Lock()
 	if t.m == nil || len(t.m) >= maxTTLs {
@@ -53,6 +70,7 @@ func (t *memberTTLs) observe(ctx context.Context, r *Registry, ids []string) {
 	for i, id := range unknown {
 		cmds[i] = r.client.B().Pttl().Key(r.keys.member(id)).Build()
 	}
+	sent := time.Now()
 	res := r.client.DoMulti(ctx, cmds...)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -61,8 +79,16 @@ func (t *memberTTLs) observe(ctx context.Context, r *Registry, ids []string) {
 		switch {
 		case err != nil: // read again next pass
 		case ms > 0:
-			t.m[id] = time.Duration((ms+999)/1000) * time.Second
+			ttl := time.Duration(ms) * time.Millisecond
+			if w, ok := t.written[id]; ok && sent.After(w) && sent.Sub(w) < ttl+time.Second {
+				ttl = (ttl + sent.Sub(w)).Round(time.Second) // the TTL the write set
+			} else {
+				ttl = time.Duration((ms+999)/1000) * time.Second // no write seen: at least this
+			}
+			delete(t.written, id)
+			t.m[id] = ttl
 		default: // no TTL (-1) or gone (-2): known as unknown (HoldMax), not read again
+			delete(t.written, id)
 			t.m[id] = 0
 		}
 	}
