@@ -164,7 +164,7 @@ func TestHoldEndsByMemberTTL(t *testing.T) {
 	}
 	// TTLs are observed in the background (never on the request path).
 	eventually(t, 5*time.Second, "the members' TTLs observed", func() bool {
-		return r.ttls.get("short-a") == ttl && r.ttls.get("short-b") == ttl
+		return r.ttls.get("short-a") > 0 && r.ttls.get("short-b") > 0
 	})
 	stopHeartbeats()
 	for _, b := range beating {
