@@ -35,23 +35,23 @@ var (
 
 // Rule is one entry of the table, as written in the file.
 type Rule struct {
-	Name              string   `yaml:"name"`
-	Methods           []string `yaml:"methods"`
-	Path              string   `yaml:"path"`
-	Action            Action   `yaml:"action"`
-	ExpectedStatus    int      `yaml:"expected_status"`
-	IDFromJSON        string   `yaml:"id_from_json"`
-	IDFromHeader      string   `yaml:"id_from_header"`
-	ClaimOnMiss       bool     `yaml:"claim_on_miss"`
-	ReassignOrphans   bool     `yaml:"reassign_orphans"`
+	Name            string   `yaml:"name"`
+	Methods         []string `yaml:"methods"`
+	Path            string   `yaml:"path"`
+	Action          Action   `yaml:"action"`
+	ExpectedStatus  int      `yaml:"expected_status"`
+	IDFromJSON      string   `yaml:"id_from_json"`
+	IDFromHeader    string   `yaml:"id_from_header"`
+	ClaimOnMiss     bool     `yaml:"claim_on_miss"`
+	ReassignOrphans bool     `yaml:"reassign_orphans"`
 	// KeepDeadBindings: a delete whose members are all dead answers 404
 	// and leaves the binding, instead of removing it and answering the
 	// expected status without any pod's say (the Node library's way, and
 	// the default).
-	KeepDeadBindings bool `yaml:"keep_dead_bindings"`
-	DestinationHeader string   `yaml:"destination_header"`
-	LockHeader        string   `yaml:"lock_header"`
-	IDPattern         string   `yaml:"id_pattern"`
+	KeepDeadBindings  bool   `yaml:"keep_dead_bindings"`
+	DestinationHeader string `yaml:"destination_header"`
+	LockHeader        string `yaml:"lock_header"`
+	IDPattern         string `yaml:"id_pattern"`
 
 	tmpl    *template
 	idRe    *regexp.Regexp // nil: the default pattern, checked by hand
