@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -116,4 +117,25 @@ func clearRegistry(t testing.TB, r *Registry, c valkey.Client) {
 	seq := r.inv.seq.Load()
 	do(t, c, append([]string{"DEL"}, keys...)...)
 	eventually(t, time.Second, "invalidations of the cleared keys", func() bool { return r.inv.seq.Load() != seq })
+}
+
+// waitHoldEnd routes to dest until the recovery hold releases it (a 404:
+// its set is gone and nobody holds it) and returns how long after wiped
+// that was; anything but "recovering" meanwhile, or a hold past bound,
+// fails the test.
+func waitHoldEnd(t *testing.T, r *Registry, dest string, wiped time.Time, bound time.Duration) time.Duration {
+	t.Helper()
+	for {
+		_, err := route(t, r, dest, RouteOptions{})
+		if errors.Is(err, ErrNotFound) {
+			return time.Since(wiped)
+		}
+		if !errors.Is(err, ErrRecovering) {
+			t.Fatalf("during the hold: %v", err)
+		}
+		if time.Since(wiped) > bound {
+			t.Fatalf("hold still in force %s after the wipe, bound %s", time.Since(wiped).Round(time.Millisecond), bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

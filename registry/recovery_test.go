@@ -155,20 +155,7 @@ func TestHoldForMembersThatNeverReturn(t *testing.T) {
 		t.Errorf("HeldMembers = %d during the hold, want 2", n)
 	}
 
-	for {
-		_, err := route(t, r, "da", RouteOptions{})
-		if errors.Is(err, ErrNotFound) {
-			break
-		}
-		if !errors.Is(err, ErrRecovering) {
-			t.Fatalf("during the hold: %v", err)
-		}
-		if time.Since(wiped) > holdMax+time.Second {
-			t.Fatalf("hold still in force %s after the wipe, bound %s", time.Since(wiped), holdMax)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	ended := time.Since(wiped)
+	ended := waitHoldEnd(t, r, "da", wiped, holdMax+time.Second)
 	if n := r.Stats().HeldMembers.Load(); n != 0 {
 		t.Errorf("HeldMembers = %d after the hold, want 0", n)
 	}

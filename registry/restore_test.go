@@ -176,20 +176,7 @@ func TestHoldEndsByMemberTTL(t *testing.T) {
 		_, err := route(t, r, "d-short-a", RouteOptions{})
 		return errors.Is(err, ErrRecovering)
 	})
-	for {
-		_, err := route(t, r, "d-short-a", RouteOptions{})
-		if errors.Is(err, ErrNotFound) {
-			break
-		}
-		if !errors.Is(err, ErrRecovering) {
-			t.Fatalf("during the hold: %v", err)
-		}
-		if time.Since(wiped) > ttl+1500*time.Millisecond {
-			t.Fatalf("hold still in force %s after the wipe; the members' TTL is %s", time.Since(wiped).Round(time.Millisecond), ttl)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	ended := time.Since(wiped)
+	ended := waitHoldEnd(t, r, "d-short-a", wiped, ttl+1500*time.Millisecond)
 	t.Logf("hold for 3 s-TTL members ended %s after the wipe (flag 30 s)", ended.Round(time.Millisecond))
 	if ended < ttl-time.Second {
 		t.Fatalf("hold ended after %s, before the members' TTL %s", ended, ttl)
