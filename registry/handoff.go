@@ -116,7 +116,7 @@ func (m *Member) Handoff(ctx context.Context, destID, toID string) (PeerLoad, er
 	if i := slices.IndexFunc(peers, func(p PeerLoad) bool { return p.ID == toID }); i >= 0 {
 		to, ok = peers[i], true
 	} else if len(peers) > 0 {
-		to, ok = slices.MinFunc(peers, func(a, b PeerLoad) int { return int(a.Load - b.Load) }), true
+		to, ok = slices.MinFunc(peers, byLoad), true
 	}
 	if !ok {
 		return PeerLoad{}, fmt.Errorf("registry: handoff %q: %w: no live, non-draining peer", destID, ErrNoCapacity)
@@ -218,6 +218,10 @@ func (m *Member) peerLive(ctx context.Context, id string) (bool, error) {
 	return addr != "" && !isDown(addr, mark), nil
 }
 
+// byLoad orders peers by load (compared, not subtracted: int of an int64
+// difference can wrap).
+func byLoad(a, b PeerLoad) int { return cmp.Compare(a.Load, b.Load) }
+
 func (m *Member) forgetDest(destID string) {
 	m.mu.Lock()
 	delete(m.dests, destID)
@@ -239,7 +243,7 @@ func (m *Member) HandoffAll(ctx context.Context) (int, error) {
 	if len(peers) == 0 {
 		return 0, fmt.Errorf("registry: %s: hand off %d destinations: %w: no live, non-draining peer", m.opt.ID, len(dests), ErrNoCapacity)
 	}
-	slices.SortFunc(peers, func(a, b PeerLoad) int { return int(a.Load - b.Load) })
+	slices.SortFunc(peers, byLoad)
 	var (
 		moved    atomic.Int64
 		firstErr error
