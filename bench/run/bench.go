@@ -57,8 +57,12 @@ func newBench(ctx context.Context, o options, work string, log io.Writer) (*benc
 		b.close()
 		return nil, err
 	}
+	// The stream bounds are lifted: the load generator keeps its 4
+	// connections at saturation where Envoy's pool would open more past
+	// --grpc-max-streams, and the ceiling has no bound either.
 	coordArgs := func(extra ...string) []string {
-		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--claim-rate", "0", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000"}, extra...)
+		args := append([]string{"--valkey", b.valkey.URL(), "--allow-upstream", "127.0.0.0/8", "--claim-rate", "0", "--metrics-listen", "", "--log-level", "warn", "--cache-size", "100000",
+			"--grpc-max-streams", "100000", "--max-open-streams", "100000"}, extra...)
 		return append(args, strings.Fields(o.coordArgs)...)
 	}
 	// coord-extproc runs as the Kubernetes manifest runs it, under a

@@ -18,6 +18,7 @@ import (
 
 	"github.com/coord-extproc/coord-extproc/detector"
 	"github.com/coord-extproc/coord-extproc/extproc"
+	"github.com/coord-extproc/coord-extproc/internal/streamguard"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/strategy"
 )
@@ -56,6 +57,9 @@ type Config struct {
 	ProbeTimeout     time.Duration
 	ProbeRate        int
 	ClaimRate        float64
+	FirstMessage     time.Duration
+	StreamsPerConn   int
+	MaxOpenStreams   int
 }
 
 func defaultConfig() Config {
@@ -82,6 +86,9 @@ func defaultConfig() Config {
 		ProbeTimeout:     detector.DefaultProbeTimeout,
 		ProbeRate:        detector.DefaultProbeRate,
 		ClaimRate:        defaultClaimRate,
+		FirstMessage:     streamguard.DefaultFirstMessage,
+		StreamsPerConn:   defaultStreamsPerConn,
+		MaxOpenStreams:   streamguard.DefaultMaxOpen,
 	}
 }
 
@@ -144,6 +151,12 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamWorkers, n, c.StreamWorkers, u) }},
 		{"grpc-window", "COORD_GRPC_WINDOW", "static HTTP/2 flow-control window per stream, in bytes (the connection's is 4x); a static window spares the BDP pings and window updates; 0: grpc-go's dynamic windows",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.GRPCWindow, n, c.GRPCWindow, u) }},
+		{"first-message-timeout", "COORD_FIRST_MESSAGE_TIMEOUT", "a gRPC stream that sends nothing for this long after it opens is ended (Envoy sends its first message with the stream)",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.FirstMessage, n, c.FirstMessage, u) }},
+		{"grpc-max-streams", "COORD_GRPC_MAX_STREAMS", "concurrent streams per gRPC connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; Envoy opens another connection past it)",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.StreamsPerConn, n, c.StreamsPerConn, u) }},
+		{"max-open-streams", "COORD_MAX_OPEN_STREAMS", "streams open at once over all connections (~11 KB each); past it a new stream ends with RESOURCE_EXHAUSTED",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.MaxOpenStreams, n, c.MaxOpenStreams, u) }},
 		{"claim-rate", "COORD_CLAIM_RATE", "most claims on miss this replica writes per second (each unknown id a client names becomes a key); past it 503 with Retry-After; 0: no bound",
 			func(fs *flag.FlagSet, n, u string) { fs.Float64Var(&c.ClaimRate, n, c.ClaimRate, u) }},
 		{"probe-timeout", "COORD_PROBE_TIMEOUT", "connect timeout of the probe that confirms a failure Envoy reported (SPEC §8.1); a refused or timed-out connect marks the member down",
@@ -228,7 +241,7 @@ func (c *Config) Validate() error {
 	if c.EndpointHeader == "" || strings.ToLower(c.EndpointHeader) != c.EndpointHeader || strings.HasPrefix(c.EndpointHeader, "x-envoy-") || strings.HasPrefix(c.EndpointHeader, ":") {
 		errs = append(errs, fmt.Errorf("--endpoint-header %q: must be a lower-case header name, not x-envoy-* (ext_proc may not set those) nor a pseudo-header", c.EndpointHeader))
 	}
-	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "decision-timeout": c.DecisionTimeout, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge, "probe-timeout": c.ProbeTimeout} {
+	for name, d := range map[string]time.Duration{"cache-ttl": c.CacheTTL, "valkey-timeout": c.ValkeyTimeout, "stale-max": c.StaleMax, "decision-timeout": c.DecisionTimeout, "recovery-hold-max": c.RecoveryHoldMax, "shutdown-grace": c.ShutdownGrace, "max-connection-age": c.MaxConnectionAge, "probe-timeout": c.ProbeTimeout, "first-message-timeout": c.FirstMessage} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
@@ -244,6 +257,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ClaimRate < 0 {
 		errs = append(errs, fmt.Errorf("--claim-rate %g: 0 (no bound) or positive", c.ClaimRate))
+	}
+	if c.StreamsPerConn <= 0 {
+		errs = append(errs, fmt.Errorf("--grpc-max-streams %d: must be positive", c.StreamsPerConn))
+	}
+	if c.MaxOpenStreams <= 0 {
+		errs = append(errs, fmt.Errorf("--max-open-streams %d: must be positive", c.MaxOpenStreams))
 	}
 	if c.ProbeRate <= 0 {
 		errs = append(errs, fmt.Errorf("--probe-rate %d: must be positive", c.ProbeRate))

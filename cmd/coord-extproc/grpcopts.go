@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/coord-extproc/coord-extproc/extproc"
+	"github.com/coord-extproc/coord-extproc/internal/streamguard"
 )
 
 // Defaults of the transport knobs, chosen by measurement (bench/results,
@@ -31,12 +32,17 @@ const (
 	// small stack each.
 	workersPerCPU   = 64
 	transportBuffer = 16 << 10
+	// Envoy caps its streams on one connection at the peer's
+	// SETTINGS_MAX_CONCURRENT_STREAMS and opens another connection past
+	// it (conn_pool_base.cc, MultiplexedActiveClientBase::onSettings);
+	// its streams end at their answer, so a thousand is far above its use.
+	defaultStreamsPerConn = 1000
 )
 
 // grpcOptions are the server's transport settings. Every stream ends at
 // its final answer (SPEC §5.1), so streams are short; what costs is the
 // per-stream transport work, which these settings trim.
-func grpcOptions(cfg Config, codec extproc.Codec) []grpc.ServerOption {
+func grpcOptions(cfg Config, codec extproc.Codec, guard *streamguard.Guard) []grpc.ServerOption {
 	workers := cfg.StreamWorkers
 	if workers == 0 {
 		workers = workersPerCPU * runtime.GOMAXPROCS(0)
@@ -45,7 +51,8 @@ func grpcOptions(cfg Config, codec extproc.Codec) []grpc.ServerOption {
 		// Request headers decoded with few allocations, shared answers
 		// encoded once (extproc.Codec).
 		grpc.ForceServerCodecV2(codec),
-		grpc.MaxConcurrentStreams(100_000),
+		grpc.MaxConcurrentStreams(uint32(cfg.StreamsPerConn)),
+		grpc.StreamInterceptor(guard.Interceptor()),
 		grpc.NumStreamWorkers(uint32(workers)),
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(transportBuffer),

@@ -129,7 +129,7 @@ func TestServeAndGracefulShutdown(t *testing.T) {
 	go func() {
 		done <- Main(ctx, nil, env(map[string]string{
 			"COORD_LISTEN": grpcAddr, "COORD_METRICS_LISTEN": metricsAddr, "COORD_VALKEY_URL": srv.URL(), "COORD_ALLOW_UPSTREAM": "127.0.0.0/8",
-			"COORD_LOG_FORMAT": "text", "COORD_SHUTDOWN_GRACE": "5s",
+			"COORD_LOG_FORMAT": "text", "COORD_SHUTDOWN_GRACE": "5s", "COORD_FIRST_MESSAGE_TIMEOUT": "1m",
 		}), io.Discard, logs)
 	}()
 

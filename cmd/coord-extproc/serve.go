@@ -85,7 +85,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		}
 	}
 	applyGC(cfg)
-	gs := grpc.NewServer(grpcOptions(cfg, srv.Codec())...)
+	gs := grpc.NewServer(grpcOptions(cfg, srv.Codec(), newStreamGuard(cfg, promReg, log))...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
