@@ -21,6 +21,7 @@ import (
 	istioapi "istio.io/api/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -47,6 +48,7 @@ type manifests struct {
 	btps        []*egv1a1.BackendTrafficPolicy
 	patches     []*egv1a1.EnvoyPatchPolicy
 	filters     []*EnvoyFilter
+	netpols     []*networkingv1.NetworkPolicy
 }
 
 func byKind(objs []any) *manifests {
@@ -69,6 +71,8 @@ func byKind(objs []any) *manifests {
 			m.patches = append(m.patches, o)
 		case *EnvoyFilter:
 			m.filters = append(m.filters, o)
+		case *networkingv1.NetworkPolicy:
+			m.netpols = append(m.netpols, o)
 		}
 	}
 	return m
@@ -146,6 +150,7 @@ func (m *manifests) checkDeployment(d *appsv1.Deployment, s Server, fail func(st
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "grpc" && p.ContainerPort == grpcPort }) {
 		fail("Deployment %s: no container port named grpc on %d", d.Name, grpcPort)
 	}
+	m.checkNetworkPolicy(d, grpcPort, fail)
 	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 		if p == nil || p.GRPC == nil || p.GRPC.Port != grpcPort {
 			fail("Deployment %s: %s probe must ask the gRPC health service on %d", d.Name, name, grpcPort)

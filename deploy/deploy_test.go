@@ -66,8 +66,8 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 9 {
-		t.Fatalf("%d objects decoded, want 9", len(objs))
+	if len(objs) != 10 {
+		t.Fatalf("%d objects decoded, want 10", len(objs))
 	}
 	if err := Check(objs, server(t)); err != nil {
 		t.Fatal(err)
@@ -107,6 +107,12 @@ func TestBrokenCopiesFail(t *testing.T) {
 		{k8s, "routes file not mounted", "value: /etc/coord-extproc/routes.yaml", "value: /etc/routes.yaml", "not a key of a mounted ConfigMap"},
 		{k8s, "Service port", "- { name: grpc, port: 9002", "- { name: grpc, port: 9003", "no Service selects it"},
 		{k8s, "PDB selector", "  minAvailable: 1\n  selector:\n    matchLabels: { app.kubernetes.io/name: coord-extproc }", "  minAvailable: 1\n  selector:\n    matchLabels: { app.kubernetes.io/name: other }", "PodDisruptionBudget"},
+		{k8s, "no NetworkPolicy", "kind: NetworkPolicy", "kind: NetworkPolicyy", "not a kind"},
+		{k8s, "NetworkPolicy selects other pods", "  podSelector:\n    matchLabels: { app.kubernetes.io/name: coord-extproc }\n  policyTypes", "  podSelector:\n    matchLabels: { app.kubernetes.io/name: other }\n  policyTypes", "no NetworkPolicy selects its pods"},
+		{k8s, "gRPC port open to all", "  - from:\n    - namespaceSelector:\n        matchLabels: { kubernetes.io/metadata.name: envoy-gateway-system }", "  - ports: [{ port: grpc }]\n  - from:\n    - namespaceSelector:\n        matchLabels: { kubernetes.io/metadata.name: envoy-gateway-system }", "admits every source"},
+		{k8s, "gRPC port open to a whole namespace", "      podSelector:\n        matchLabels: { app.kubernetes.io/component: proxy, app.kubernetes.io/managed-by: envoy-gateway }\n", "", "more than named gateway pods"},
+		{k8s, "metrics rule admits gRPC", "    - { port: metrics, protocol: TCP }", "    - { port: 9002, protocol: TCP }", "more than named gateway pods"},
+		{k8s, "Istio gateway not admitted", "matchLabels: { istio: ingressgateway }", "matchLabels: { istio: egressgateway }", "cannot reach the gRPC port"},
 		{eg, "backendRef port", "      port: 9002", "      port: 9003", "backendRef"},
 		{eg, "no request processing", "      request: {}\n", "", "processingMode.request"},
 		{eg, "fail open", "failOpen: false", "failOpen: true", "failOpen"},

@@ -63,6 +63,8 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 			"coord_extproc_stale_answers_total":     stats.StaleAnswers.Load,
 			"coord_extproc_malformed_records_total": stats.MalformedRecords.Load,
 			"coord_extproc_claims_limited_total":    stats.ClaimsLimited.Load,
+			"coord_extproc_members_pruned_total":    stats.MembersPruned.Load,
+			"coord_extproc_claims_reclaimed_total":  stats.ClaimsReclaimed.Load,
 		} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
 				func() float64 { return float64(c()) }))
@@ -86,6 +88,8 @@ var counterHelp = map[string]string{
 	"coord_extproc_stale_answers_total":     "Answers served from last known good data while Valkey failed.",
 	"coord_extproc_malformed_records_total": "Registry keys holding the wrong type of value (written by hand?).",
 	"coord_extproc_claims_limited_total":    "Claims on miss refused by --claim-rate (answered 503 with Retry-After).",
+	"coord_extproc_members_pruned_total":    "Ids removed from the members set because their member record was gone (dead pods, junk).",
+	"coord_extproc_claims_reclaimed_total":  "Destinations claimed on miss and deleted unused: members all dead, untouched for --reclaim-after.",
 }
 
 func (m *Metrics) decision(api, action, result string) {

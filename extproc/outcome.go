@@ -139,6 +139,8 @@ func (o *outcome) setError(err error) {
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "No capacity", true
 	case errors.Is(err, registry.ErrTooManyMembers):
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Destination has too many members", true
+	case errors.Is(err, registry.ErrTooManyRegistered):
+		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Too many members registered", true
 	case errors.Is(err, registry.ErrClaimLimited):
 		o.result, o.status, o.message, o.retry = ResultUnavailable, http.StatusServiceUnavailable, "Claim rate exceeded", true
 	case errors.Is(err, registry.ErrRecovering):

@@ -66,7 +66,7 @@ func (r *Registry) Bind(ctx context.Context, destID, memberID string) error {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	n, err := bindScript.Exec(ctx, r.client, []string{r.keys.dest(destID)}, []string{memberID}).AsInt64()
-	r.sets.Remove(destID)
+	r.forgetDest(destID)
 	if err = r.valkeyErr(err); err != nil {
 		return err
 	}
@@ -84,6 +84,6 @@ func (r *Registry) DeleteDestination(ctx context.Context, destID string) error {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
 	err := r.client.Do(ctx, r.client.B().Del().Key(r.keys.dest(destID)).Build()).Error()
-	r.sets.Remove(destID)
+	r.forgetDest(destID)
 	return r.valkeyErr(err)
 }

@@ -139,18 +139,34 @@ func (s *shared) intern(ids []string) *idset {
 	return is
 }
 
-// fetchSet reads a set through valkey-go's tracked cache and stores the
-// result with store.
-func (r *Registry) fetchSet(ctx context.Context, key string, now time.Time, store func(*setEntry)) (*setEntry, error) {
+// fetchMembers reads P:members, bounded by MaxMembers (an id costs a
+// record read in every view of all members), and stores it with store;
+// broadcast tracking invalidates it like any key under the prefix.
+func (r *Registry) fetchMembers(ctx context.Context, now time.Time, store func(*setEntry)) (*setEntry, error) {
 	seq, gen := r.inv.ticket(), r.flushGen.Load()
+	ids, err := r.readMemberIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return r.storeSet(r.keys.members(), ids, seq, gen, now, store), nil
+}
+
+// readMemberIDs reads P:members straight from Valkey, refusing one over
+// MaxMembers and asking the pruner to remove the ids without a record.
+func (r *Registry) readMemberIDs(ctx context.Context) ([]string, error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
-	res := r.client.DoCache(ctx, r.client.B().Smembers().Key(key).Cache().ToStaticTTL(), r.opt.CacheTTL)
+	res := boundedSetScript.Exec(ctx, r.client, []string{r.keys.members()}, []string{strconv.Itoa(r.opt.MaxMembers)})
+	if n, err := res.AsInt64(); err == nil {
+		r.prune.kick()
+		return nil, fmt.Errorf("%w: %d ids, at most %d are read", ErrTooManyRegistered, n, r.opt.MaxMembers)
+	}
 	ids, err := res.AsStrSlice()
 	if err = r.valkeyErr(err); err != nil {
 		return nil, err
 	}
-	return r.storeSet(key, ids, seq, gen, r.readAt(res, now), store), nil
+	slices.Sort(ids)
+	return ids, nil
 }
 
 // fetchDest reads a destination set, bounded by MaxSetMembers; broadcast
@@ -161,7 +177,7 @@ func (r *Registry) fetchDest(ctx context.Context, destID string, now time.Time) 
 	if err != nil {
 		return nil, err
 	}
-	return r.storeSet(r.keys.dest(destID), ids, seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) }), nil
+	return r.storeSet(r.keys.dest(destID), ids, seq, gen, now, func(e *setEntry) { r.storeDest(destID, e) }), nil
 }
 
 // readDest reads a destination set straight from Valkey, refusing (and
@@ -219,6 +235,9 @@ func (r *Registry) destSet(ctx context.Context, destID string, now time.Time) (c
 	if ok && r.fresh(&old.freshness, now) {
 		return old, nil, nil
 	}
+	if n, ok := r.negative.Get(destID); ok && r.fresh(&n.freshness, now) {
+		return n, nil, nil
+	}
 	cur, err = r.fetchDest(ctx, destID, now)
 	return cur, old, err
 }
@@ -228,7 +247,7 @@ func (r *Registry) allSet(ctx context.Context, now time.Time) (cur, old *setEntr
 	if old != nil && r.fresh(&old.freshness, now) {
 		return old, nil, nil
 	}
-	cur, err = r.fetchSet(ctx, r.keys.members(), now, r.all.Store)
+	cur, err = r.fetchMembers(ctx, now, r.all.Store)
 	return cur, old, err
 }
 

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -64,14 +65,16 @@ func TestClaimCost(t *testing.T) {
 	if _, err := route(t, r, "first", RouteOptions{ClaimOnMiss: true}); err != nil {
 		t.Fatal(err)
 	}
-	before := commandCount(t, c)
+	// The claims index (reclaim.go) is written in batches off the request
+	// path: its ZADDs are not the claims' cost.
+	before := commandCount(t, c) - valkeytest.Calls(t, c, "zadd")
 	const n = 20
 	for i := 0; i < n; i++ {
 		if d, err := route(t, r, fmt.Sprintf("new-%d", i), RouteOptions{ClaimOnMiss: true}); err != nil || d.Result != ResultClaimed {
 			t.Fatalf("claim: %+v %v", d, err)
 		}
 	}
-	per := float64(commandCount(t, c)-before) / n
+	per := float64(commandCount(t, c)-valkeytest.Calls(t, c, "zadd")-before) / n
 	t.Logf("claim on miss: %.2f Valkey commands per claim", per)
 	if per > 3 {
 		t.Fatalf("claim costs %.2f Valkey commands, want at most 3", per)
@@ -122,5 +125,69 @@ func TestProbesKeepEntriesFresh(t *testing.T) {
 				t.Fatalf("without probes entries must be re-read after CacheTTL\n%s", info)
 			}
 		})
+	}
+}
+
+// Issue #24 finding 9: an unknown id's 404 costs one read, not a read and
+// a confirmation; the same id again within NegativeTTL costs nothing; a
+// binding written meanwhile ends the negative entry at once; and a flood
+// of unknown ids does not push cached bindings out.
+func TestUnknownIDCost(t *testing.T) {
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	r := newRegistry(t, srv, func(o *Options) {
+		o.ProbeInterval = -1
+		o.CacheSize = 100
+		o.NegativeTTL = time.Minute // what is tested is the count, not the clock
+	})
+	nodeMember(t, c, "coordinator", "m", 7001, 0)
+	do(t, c, "SADD", "coordinator:destination:d", "m")
+	ctx := context.Background()
+	eventually(t, 2*time.Second, "warm cache", func() bool {
+		h := r.Stats().CacheHits.Load()
+		_, err := r.Route(ctx, "d", RouteOptions{})
+		return err == nil && r.Stats().CacheHits.Load() == h+1
+	})
+	notFound := func(id string) {
+		t.Helper()
+		if _, err := route(t, r, id, RouteOptions{}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("unknown %q: %v, want ErrNotFound", id, err)
+		}
+	}
+
+	before := commandCount(t, c)
+	const n = 20
+	for i := range n {
+		notFound(fmt.Sprintf("unknown-%d", i))
+	}
+	per := float64(commandCount(t, c)-before) / n
+	// One bounded read: EVALSHA and, inside it, SCARD and SMEMBERS (with
+	// a confirming second read it was 6).
+	if per > 3 {
+		t.Fatalf("a first 404 costs %.2f Valkey commands, want at most 3", per)
+	}
+	before = commandCount(t, c)
+	for range 100 {
+		notFound("unknown-0")
+	}
+	if got := commandCount(t, c) - before; got != 0 {
+		t.Fatalf("100 repeated 404s cost %d Valkey commands, want 0", got)
+	}
+
+	do(t, c, "SADD", "coordinator:destination:unknown-0", "m")
+	eventually(t, 2*time.Second, "the new binding routes", func() bool {
+		d, err := route(t, r, "unknown-0", RouteOptions{})
+		return err == nil && d.Member.ID == "m"
+	})
+
+	for i := range 1000 {
+		notFound(fmt.Sprintf("flood-%d", i))
+	}
+	before = commandCount(t, c)
+	if _, err := r.Route(ctx, "d", RouteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := commandCount(t, c) - before; got != 0 {
+		t.Fatalf("a cached binding after 1000 unknown ids cost %d Valkey commands: the flood evicted it", got)
 	}
 }

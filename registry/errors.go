@@ -21,6 +21,10 @@ var (
 	// ErrTooManyMembers: the destination's set is larger than
 	// Options.MaxSetMembers; it is not read (503, retry later).
 	ErrTooManyMembers = errors.New("destination has too many members")
+	// ErrTooManyRegistered: P:members holds more ids than
+	// Options.MaxMembers; it is not read (503) and ids without a record are
+	// pruned in the background (prune.go).
+	ErrTooManyRegistered = errors.New("members set has too many ids")
 	// ErrClaimLimited: claims on miss are over this replica's rate limit
 	// (Options.ClaimRate); nothing was written (503, retry shortly).
 	ErrClaimLimited = errors.New("claims over this replica's rate limit")

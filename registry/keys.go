@@ -36,6 +36,9 @@ func (k keys) lock(id string) string   { return k.lockPrefix + id }
 func (k keys) recovery() string        { return k.recoveryKey }
 func (k keys) down(id string) string   { return k.downPrefix + id }
 
+// claims indexes the destinations claimed on miss, by claim time (reclaim.go).
+func (k keys) claims() string { return k.prefix + ":claims" }
+
 // handoffQueue is a member's queue of handoff requests (rebalance).
 func (k keys) handoffQueue(id string) string { return k.prefix + ":handoff:" + id }
 

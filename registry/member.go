@@ -189,9 +189,20 @@ func (m *Member) Register(ctx context.Context, load int64) error {
 // had to recover.
 func (m *Member) Heartbeat(ctx context.Context, load int64) (recovered bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
-	ok, err := heartbeatScript.Exec(hctx, m.opt.Client, []string{m.keys.member(m.opt.ID)},
-		[]string{strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)}).AsInt64()
+	// The SADD puts the id back if a coordinator pruned it (prune.go) in
+	// the instant this member registered; it changes nothing otherwise,
+	// so it invalidates nothing.
+	b := m.opt.Client.B()
+	res := m.opt.Client.DoMulti(hctx,
+		b.Sadd().Key(m.keys.members()).Member(m.opt.ID).Build(),
+		b.Eval().Script(heartbeatSrc).Numkeys(1).Key(m.keys.member(m.opt.ID)).
+			Arg(strconv.FormatInt(load, 10), strconv.FormatInt(m.opt.TTL.Milliseconds(), 10)).Build())
 	cancel()
+	err = res[0].Error()
+	var ok int64
+	if err == nil {
+		ok, err = res[1].AsInt64()
+	}
 	if err != nil {
 		return false, fmt.Errorf("registry: heartbeat %s: %w", m.opt.ID, err)
 	}

@@ -107,7 +107,7 @@ func PlanMoves(hs []Holding, opt PlanOptions) Plan {
 // Holdings reads every live member and the destinations it alone holds
 // (a SCAN of the destination sets, on every master on Cluster).
 func (r *Registry) Holdings(ctx context.Context) ([]Holding, error) {
-	ids, err := r.readSet(ctx, r.keys.members())
+	ids, err := r.readMemberIDs(ctx)
 	if err != nil {
 		return nil, err
 	}

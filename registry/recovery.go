@@ -497,7 +497,7 @@ func (r *Registry) undoClaim(ctx context.Context, destID, memberID string) {
 	if err := r.valkeyErr(r.client.Do(ctx, r.client.B().Srem().Key(r.keys.dest(destID)).Member(memberID).Build()).Error()); err != nil {
 		r.log.Warn("could not undo a claim made during a registry wipe", "destination", destID, "member", memberID, "err", err)
 	}
-	r.sets.Remove(destID)
+	r.forgetDest(destID)
 }
 
 // HoldStatus describes the current recovery hold, for operators and tests.

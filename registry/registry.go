@@ -28,6 +28,18 @@ const (
 	DefaultDNSTTL    = 30 * time.Second
 	// DefaultMaxSetMembers: fan-out sets hold a handful of pods.
 	DefaultMaxSetMembers = 1000
+	// DefaultMaxMembers: a fleet of thousands, with room; P:members over
+	// it is junk a pod wrote, not pods.
+	DefaultMaxMembers = 10_000
+	// DefaultNegativeTTL: a repeated unknown id is answered from memory
+	// for this long; short, because a create on another replica is
+	// announced by its invalidation, which alone ends it sooner.
+	DefaultNegativeTTL = time.Second
+	// DefaultReclaimAfter: an unused claim bound to a dead pod goes after
+	// an hour nobody asked for it.
+	DefaultReclaimAfter = time.Hour
+	// DefaultPruneInterval: how often ids without a record leave P:members.
+	DefaultPruneInterval = time.Minute
 	// DefaultConnTimeout bounds how long a connection may hang before it
 	// is dropped (valkey-go ConnWriteTimeout), unless the URL sets one.
 	DefaultConnTimeout = time.Second
@@ -62,6 +74,20 @@ type Options struct {
 	// as its dead ids are removed) instead of costing every request
 	// megabytes and milliseconds.
 	MaxSetMembers int
+	// MaxMembers bounds the ids read from P:members: a larger set answers
+	// ErrTooManyRegistered to claims and creates instead of costing every
+	// read of all members a record per junk id.
+	MaxMembers int
+	// NegativeTTL is how long a destination read empty answers 404
+	// without another read (negative.go); negative disables.
+	NegativeTTL time.Duration
+	// ReclaimAfter is how long a destination claimed on miss must be
+	// bound to dead members only, and untouched, before it is deleted
+	// (reclaim.go); negative disables.
+	ReclaimAfter time.Duration
+	// PruneInterval is how often ids whose record is gone are removed from
+	// P:members (prune.go); negative disables.
+	PruneInterval time.Duration
 	// AllowUpstream lists networks accepted although the address policy
 	// refuses them (loopback, link-local, multicast, unspecified).
 	AllowUpstream []netip.Prefix
@@ -109,6 +135,18 @@ func (o *Options) setDefaults() {
 	if o.MaxSetMembers <= 0 {
 		o.MaxSetMembers = DefaultMaxSetMembers
 	}
+	if o.MaxMembers <= 0 {
+		o.MaxMembers = DefaultMaxMembers
+	}
+	if o.NegativeTTL == 0 {
+		o.NegativeTTL = DefaultNegativeTTL
+	}
+	if o.ReclaimAfter == 0 {
+		o.ReclaimAfter = DefaultReclaimAfter
+	}
+	if o.PruneInterval == 0 {
+		o.PruneInterval = DefaultPruneInterval
+	}
 	if o.HoldMax <= 0 {
 		o.HoldMax = DefaultHoldMax
 	}
@@ -143,10 +181,12 @@ type Registry struct {
 	addrs  *addressResolver
 	log    *slog.Logger
 
-	sets    *lru.Cache[string, *setEntry]
-	members *lru.Cache[string, *memberEntry]
-	locks   *lru.Cache[string, *lockEntry]
-	all     atomic.Pointer[setEntry] // the P:members set
+	sets *lru.Cache[string, *setEntry]
+	// negative holds destinations read empty (negative.go).
+	negative *lru.Cache[string, *setEntry]
+	members  *lru.Cache[string, *memberEntry]
+	locks    *lru.Cache[string, *lockEntry]
+	all      atomic.Pointer[setEntry] // the P:members set
 
 	// inv tells a load whether an invalidation of its key raced with it
 	// (invalidations.go states the invariant).
@@ -169,6 +209,8 @@ type Registry struct {
 	ttls      memberTTLs
 	claims    *ratelimit.Bucket // nil: claims unbounded
 	cleanup   *cleaner
+	prune     *pruner
+	reclaim   *reclaimer
 	badAddrMu sync.Mutex
 	badAddr   map[string]struct{}
 }
@@ -184,6 +226,12 @@ type Stats struct {
 	// DrainingMembers is how many live members were draining at the last
 	// refresh of the members set (SPEC §8.2).
 	DrainingMembers atomic.Int64
+	// MembersPruned counts ids removed from P:members because their
+	// record was gone (prune.go).
+	MembersPruned atomic.Uint64
+	// ClaimsReclaimed counts destinations claimed on miss and deleted
+	// unused, their members all dead (reclaim.go).
+	ClaimsReclaimed atomic.Uint64
 }
 
 // New connects to Valkey and returns a Registry. It enables broadcast
@@ -211,6 +259,9 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	var err error
 	if r.sets, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: destination cache: %w", err)
+	}
+	if r.negative, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
+		return nil, fmt.Errorf("registry: negative cache: %w", err)
 	}
 	if r.members, err = lru.New[string, *memberEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: member cache: %w", err)
@@ -245,6 +296,8 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	r.shards.cluster.Store(r.client.Mode() == valkey.ClientModeCluster)
 	r.reporter = newReporter(r)
 	r.cleanup = newCleaner(r)
+	r.prune = newPruner(r)
+	r.reclaim = newReclaimer(r)
 	r.probe.start()
 	r.recovery.start()
 	// First contact: write the epoch now if Valkey answers; if it does not,
@@ -260,6 +313,8 @@ func (r *Registry) Close() {
 	r.addrs.stop()
 	r.recovery.stop()
 	r.cleanup.stop()
+	r.prune.stop()
+	r.reclaim.stop()
 	r.client.Close()
 }
 
@@ -323,7 +378,11 @@ func (r *Registry) invalidateKey(key string) {
 	switch {
 	case r.probe.confirm(key):
 	case strings.HasPrefix(key, r.keys.destPrefix):
-		if e, ok := r.sets.Peek(key[len(r.keys.destPrefix):]); ok {
+		id := key[len(r.keys.destPrefix):]
+		if e, ok := r.sets.Peek(id); ok {
+			e.invalid.Store(true)
+		}
+		if e, ok := r.negative.Peek(id); ok {
 			e.invalid.Store(true)
 		}
 	case strings.HasPrefix(key, r.keys.memberPrefix):

@@ -81,7 +81,7 @@ func (r *Registry) decide(ctx context.Context, destID string, e *setEntry, opt R
 		r.cleanDead(destID, e, v)
 		return r.pick(destID, v.live, ResultHit)
 	case len(e.set.ids) == 0:
-		return r.onEmpty(ctx, destID, opt, now)
+		return r.onEmpty(ctx, destID, e, opt, now)
 	case len(v.unroutable) > 0:
 		return Decision{}, fmt.Errorf("%w: destination %q: members %v have unroutable addresses", ErrNoCapacity, destID, v.unroutable)
 	default:
@@ -115,10 +115,10 @@ func (r *Registry) pick(destID string, live []strategy.Candidate, res Result) (D
 	return Decision{Member: c, Result: res}, nil
 }
 
-// onEmpty handles a destination whose cached set is empty. A claim needs no
-// confirmation (the claim script is itself the authoritative check); a 404
-// is only sent after Valkey confirms the set is empty.
-func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions, now time.Time) (Decision, error) {
+// onEmpty handles a destination whose cached set e is empty. A claim needs
+// no confirmation (the claim script is itself the authoritative check); a
+// 404 is only sent after Valkey confirms the set is empty (negative.go).
+func (r *Registry) onEmpty(ctx context.Context, destID string, e *setEntry, opt RouteOptions, now time.Time) (Decision, error) {
 	if opt.ClaimOnMiss {
 		d, found, err := r.claim(ctx, destID, now)
 		if found == nil {
@@ -127,6 +127,12 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
 	g := r.recovery.begin(ctx)
+	if r.confirmedEmpty(e, now) {
+		if err := g.settle(ctx); err != nil {
+			return Decision{}, err
+		}
+		return Decision{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
+	}
 	ids, err := r.readDest(ctx, destID)
 	if err != nil {
 		return Decision{}, err
@@ -139,7 +145,7 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, opt RouteOptions,
 		}
 		return Decision{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
 	}
-	r.sets.Remove(destID) // the cache was behind; the invalidation is on its way
+	r.forgetDest(destID) // the cache was behind; the invalidation is on its way
 	return r.routeIDs(ctx, destID, ids, ResultHit, now)
 }
 
@@ -175,13 +181,14 @@ func (r *Registry) claim(ctx context.Context, destID string, now time.Time) (d D
 	}
 	if reply[0] == "claimed" {
 		r.log.Debug("destination claimed", "destination", destID, "member", c.ID)
-		r.sets.Remove(destID)
+		r.reclaim.claimedOne(destID)
+		r.forgetDest(destID)
 		if err := r.heldSince(ctx, g, destID, c.ID); err != nil {
 			return Decision{}, nil, err
 		}
 		return Decision{Member: c, Result: ResultClaimed}, nil, nil
 	}
-	found = r.storeSet(r.keys.dest(destID), reply[1:], seq, gen, now, func(e *setEntry) { r.sets.Add(destID, e) })
+	found = r.storeSet(r.keys.dest(destID), reply[1:], seq, gen, now, func(e *setEntry) { r.storeDest(destID, e) })
 	return Decision{}, found, nil
 }
 
@@ -210,7 +217,7 @@ func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, o
 	if err != nil {
 		return Decision{}, err
 	}
-	r.sets.Remove(destID)
+	r.forgetDest(destID)
 	if len(ids) == 1 && ids[0] == c.ID {
 		r.log.Debug("orphan reassigned", "destination", destID, "member", c.ID, "dead", stillDead)
 		if err := r.heldSince(ctx, g, destID, c.ID); err != nil {
@@ -255,7 +262,7 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 	if len(live) == 0 {
 		// A negative answer: confirm it against Valkey itself, past every
 		// cache (a member may have registered a moment ago).
-		if ids, rerr := r.readSet(ctx, r.keys.members()); rerr == nil && len(ids) > 0 {
+		if ids, rerr := r.readMemberIDs(ctx); rerr == nil && len(ids) > 0 {
 			if takers, cerr := r.confirmTakers(ctx, ids); cerr == nil {
 				live = takers
 			}

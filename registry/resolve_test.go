@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,23 +196,34 @@ func TestLockResolution(t *testing.T) {
 	})
 }
 
-// A negative answer is confirmed against Valkey: a binding written by a
-// client whose invalidation has not arrived yet still routes.
+// A negative answer is confirmed against Valkey (negative.go): a binding
+// written by a client whose invalidation has not arrived yet routes once
+// the empty read is older than NegativeTTL; within it, the 404 stands.
 func TestNegativeAnswerIsConfirmed(t *testing.T) {
 	srv := valkeytest.Start(t)
 	c := rawClient(t, srv)
-	r := newRegistry(t, srv, nil)
+	var skew atomic.Int64
+	r := newRegistry(t, srv, func(o *Options) {
+		o.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
 	nodeMember(t, c, "coordinator", "m", 7001, 0)
 	if _, err := route(t, r, "d", RouteOptions{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("want ErrNotFound first, got %v", err)
 	}
 	// Simulate the invalidation being late: write, then put the stale
-	// empty entry back into the derived cache by hand.
-	stale, _ := r.sets.Peek("d")
+	// empty entry back into the negative cache by hand.
+	stale, ok := r.negative.Peek("d")
+	if !ok {
+		t.Fatal("the empty read is not in the negative cache")
+	}
 	do(t, c, "SADD", "coordinator:destination:d", "m")
 	eventually(t, time.Second, "invalidation processed", func() bool { return stale.invalid.Load() })
 	stale.invalid.Store(false)
-	r.sets.Add("d", stale)
+	r.negative.Add("d", stale)
+	if _, err := route(t, r, "d", RouteOptions{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("within NegativeTTL the empty read stands: got %v", err)
+	}
+	skew.Store(int64(DefaultNegativeTTL + time.Millisecond))
 	d, err := route(t, r, "d", RouteOptions{})
 	if err != nil || d.Member.ID != "m" {
 		t.Fatalf("got %+v %v; the stale empty set must be confirmed before a 404", d, err)

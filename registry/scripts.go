@@ -24,7 +24,7 @@ table.insert(m, 1, 'found')
 return m
 `)
 
-// boundedSetScript returns the destination set, or its size alone (an
+// boundedSetScript returns a set (a destination, P:members), or its size alone (an
 // integer) when that exceeds ARGV[1], so an oversized set costs one small
 // reply instead of megabytes.
 var boundedSetScript = valkey.NewLuaScriptReadOnly(`
@@ -48,17 +48,17 @@ end
 return redis.call('SMEMBERS', KEYS[1])
 `)
 
-// heartbeatScript refreshes a live member record: load and TTL. It returns
+// heartbeatSrc refreshes a live member record: load and TTL. It returns
 // 0 without writing anything if the record is gone, so the member can
 // re-assert its bindings before it becomes live again.
-var heartbeatScript = valkey.NewLuaScript(`
+const heartbeatSrc = `
 if redis.call('HEXISTS', KEYS[1], 'address') == 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'load', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-`)
+`
 
 // registerSrc writes a member record and its TTL in one step (KEYS[1] =
 // P:member:<id>; ARGV = address, load, TTL ms, then extra field/value

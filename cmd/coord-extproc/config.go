@@ -44,6 +44,9 @@ type Config struct {
 	AllowUpstream    string
 	UpstreamCIDRs    string
 	MaxSetMembers    int
+	MaxMembers       int
+	NegativeTTL      time.Duration
+	ReclaimAfter     time.Duration
 	RecoveryHoldMax  time.Duration
 	MetricsListen    string
 	LogLevel         string
@@ -75,6 +78,9 @@ func defaultConfig() Config {
 		StaleMax:         registry.DefaultStaleMax,
 		DecisionTimeout:  registry.DefaultDecisionTimeout,
 		MaxSetMembers:    registry.DefaultMaxSetMembers,
+		MaxMembers:       registry.DefaultMaxMembers,
+		NegativeTTL:      registry.DefaultNegativeTTL,
+		ReclaimAfter:     registry.DefaultReclaimAfter,
 		RecoveryHoldMax:  registry.DefaultHoldMax,
 		MetricsListen:    "127.0.0.1:9090",
 		LogLevel:         "info",
@@ -125,8 +131,14 @@ func (c *Config) serveFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.CacheTTL, n, c.CacheTTL, u) }},
 		{"cache-size", "COORD_CACHE_SIZE", "entries in each in-process cache (destinations, members, locks)",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.CacheSize, n, c.CacheSize, u) }},
+		{"negative-cache-ttl", "COORD_NEGATIVE_CACHE_TTL", "an id read empty answers 404 from memory for this long, unless its key is written meanwhile; 0: every 404 is confirmed by a read",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.NegativeTTL, n, c.NegativeTTL, u) }},
+		{"reclaim-after", "COORD_RECLAIM_AFTER", "a destination claimed on miss whose members are all dead and that nobody touched for this long is deleted (claims of a flood, claims of dead pods); 0: never",
+			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ReclaimAfter, n, c.ReclaimAfter, u) }},
 		{"max-set-members", "COORD_MAX_SET_MEMBERS", "largest destination set read; a larger one answers 503 at once and is shrunk in the background as dead members are removed",
 			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.MaxSetMembers, n, c.MaxSetMembers, u) }},
+		{"max-members", "COORD_MAX_MEMBERS", "most ids read from the members set; over it claims and creates answer 503 and ids without a member record are pruned at once (they are pruned every minute anyway)",
+			func(fs *flag.FlagSet, n, u string) { fs.IntVar(&c.MaxMembers, n, c.MaxMembers, u) }},
 		{"allow-upstream", "COORD_ALLOW_UPSTREAM", "comma-separated CIDRs accepted as upstreams although refused by default (loopback, link-local incl. 169.254.169.254, multicast, unspecified), e.g. 127.0.0.0/8 for pods on this host",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.AllowUpstream, n, c.AllowUpstream, u) }},
 		{"upstream-cidrs", "COORD_UPSTREAM_CIDRS", "comma-separated CIDRs: the only networks accepted as upstreams (the pod CIDR); what production should run. Empty: any address the deny-list lets through",
@@ -269,6 +281,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSetMembers <= 0 {
 		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))
+	}
+	if c.NegativeTTL < 0 || c.NegativeTTL > c.CacheTTL {
+		errs = append(errs, fmt.Errorf("--negative-cache-ttl %s: 0 (off) up to --cache-ttl (%s)", c.NegativeTTL, c.CacheTTL))
+	}
+	if c.ReclaimAfter < 0 || (c.ReclaimAfter > 0 && c.ReclaimAfter < time.Second) {
+		errs = append(errs, fmt.Errorf("--reclaim-after %s: 0 (never) or at least 1s (Valkey counts idle time in seconds)", c.ReclaimAfter))
+	}
+	if c.MaxMembers <= 0 {
+		errs = append(errs, fmt.Errorf("--max-members %d: must be positive", c.MaxMembers))
 	}
 	if c.CacheSize <= 0 {
 		errs = append(errs, fmt.Errorf("--cache-size %d: must be positive", c.CacheSize))

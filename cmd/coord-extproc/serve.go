@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		connected <- connect(cctx, registry.Options{
 			Client: vopt, Prefix: cfg.KeyPrefix, Strategy: strat,
 			CacheTTL: cfg.CacheTTL, CacheSize: cfg.CacheSize, Timeout: cfg.ValkeyTimeout,
-			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, UpstreamCIDRs: only, MaxSetMembers: cfg.MaxSetMembers, ClaimRate: cfg.ClaimRate,
+			StaleMax: cfg.StaleMax, HoldMax: cfg.RecoveryHoldMax, Logger: log, Stats: stats, AllowUpstream: allow, UpstreamCIDRs: only, MaxSetMembers: cfg.MaxSetMembers, MaxMembers: cfg.MaxMembers, NegativeTTL: offIfZero(cfg.NegativeTTL), ReclaimAfter: offIfZero(cfg.ReclaimAfter), ClaimRate: cfg.ClaimRate,
 		}, reg, hs, log)
 	}()
 
@@ -230,4 +230,13 @@ func addrOf(l net.Listener) string {
 		return ""
 	}
 	return l.Addr().String()
+}
+
+// offIfZero maps a flag's 0 (off) to the registry's negative (off; its 0
+// is "the default").
+func offIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
