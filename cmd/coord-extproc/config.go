@@ -21,6 +21,7 @@ import (
 	"github.com/coord-extproc/coord-extproc/internal/streamguard"
 	"github.com/coord-extproc/coord-extproc/registry"
 	"github.com/coord-extproc/coord-extproc/strategy"
+	"github.com/coord-extproc/coord-extproc/valkeyconn"
 )
 
 // defaultClaimRate: new sessions of a busy gateway, with room; a flood of
@@ -60,6 +61,11 @@ type Config struct {
 	ProbeTimeout     time.Duration
 	ProbeRate        int
 	ClaimRate        float64
+	TLSCert          string
+	TLSKey           string
+	TLSClientCA      string
+	MetricsTLS       bool
+	ValkeyFiles      valkeyconn.Files
 	FirstMessage     time.Duration
 	StreamsPerConn   int
 	MaxOpenStreams   int
@@ -112,6 +118,16 @@ func (c *Config) registryFlags() []flagSpec {
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.KeyPrefix, n, c.KeyPrefix, u) }},
 		{"valkey-timeout", "COORD_VALKEY_TIMEOUT", "deadline of every Valkey call; keep it well under Envoy's ext_proc message_timeout",
 			func(fs *flag.FlagSet, n, u string) { fs.DurationVar(&c.ValkeyTimeout, n, c.ValkeyTimeout, u) }},
+		{"valkey-ca", "COORD_VALKEY_CA", "PEM file of the CA that signs the Valkey servers' certificates (rediss:// only; re-read when it changes)",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.ValkeyFiles.CA, n, c.ValkeyFiles.CA, u) }},
+		{"valkey-cert", "COORD_VALKEY_CERT", "PEM client certificate for Valkey (rediss:// only; with --valkey-key; re-read when it changes)",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.ValkeyFiles.Cert, n, c.ValkeyFiles.Cert, u) }},
+		{"valkey-key", "COORD_VALKEY_KEY", "PEM key of --valkey-cert",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.ValkeyFiles.Key, n, c.ValkeyFiles.Key, u) }},
+		{"valkey-password-file", "COORD_VALKEY_PASSWORD_FILE", "file holding the Valkey password (the user comes from the URL), so it is in no process list or URL",
+			func(fs *flag.FlagSet, n, u string) {
+				fs.StringVar(&c.ValkeyFiles.Password, n, c.ValkeyFiles.Password, u)
+			}},
 		{"log-level", "COORD_LOG_LEVEL", "debug, info, warn or error",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.LogLevel, n, c.LogLevel, u) }},
 	}
@@ -121,6 +137,14 @@ func (c *Config) serveFlags() []flagSpec {
 	return append([]flagSpec{
 		{"listen", "COORD_LISTEN", "gRPC address for ext_proc, ext_authz and gRPC health",
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Listen, n, c.Listen, u) }},
+		{"tls-cert", "COORD_TLS_CERT", "PEM certificate of the gRPC listener (with --tls-key): TLS instead of plaintext; re-read when the file changes",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.TLSCert, n, c.TLSCert, u) }},
+		{"tls-key", "COORD_TLS_KEY", "PEM key of --tls-cert",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.TLSKey, n, c.TLSKey, u) }},
+		{"tls-client-ca", "COORD_TLS_CLIENT_CA", "PEM CA file: mutual TLS, a client without a certificate it signed is refused at the handshake",
+			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.TLSClientCA, n, c.TLSClientCA, u) }},
+		{"metrics-tls", "COORD_METRICS_TLS", "serve /metrics and /healthz over TLS with --tls-cert too (no client certificate asked)",
+			func(fs *flag.FlagSet, n, u string) { fs.BoolVar(&c.MetricsTLS, n, c.MetricsTLS, u) }},
 		{"strategy", "COORD_STRATEGY", "pod pick per request: " + strings.Join(strategy.Names(), ", "),
 			func(fs *flag.FlagSet, n, u string) { fs.StringVar(&c.Strategy, n, c.Strategy, u) }},
 		{"routes", "COORD_ROUTES", "route table YAML file; empty: route by header x-destination-id (claim on miss, reassign orphans), else x-lock-id, else 404",
@@ -244,6 +268,7 @@ func (c *Config) Validate() error {
 	if _, err := c.valkeyOption(); err != nil {
 		errs = append(errs, fmt.Errorf("--valkey: %w", err))
 	}
+	errs = append(errs, c.validateTLS()...)
 	if err := registry.ValidateID(c.KeyPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("--key-prefix: %w", err))
 	}

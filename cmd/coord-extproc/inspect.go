@@ -34,9 +34,10 @@ func inspect(ctx context.Context, cmd string, cfg *Config, args []string, env lo
 	if _, err := cfg.logLevel(); err != nil {
 		return err
 	}
-	vopt, err := cfg.valkeyOption()
+	vopt, stopFiles, err := cfg.valkeyConn(cfg.logger(stderr))
+	defer stopFiles()
 	if err != nil {
-		return fmt.Errorf("--valkey: %w", err)
+		return err
 	}
 	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: cfg.ValkeyTimeout, Logger: cfg.logger(stderr)})
 	if err != nil {

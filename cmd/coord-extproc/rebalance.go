@@ -45,9 +45,10 @@ func rebalance(ctx context.Context, cfg *Config, args []string, env lookupEnv, s
 	if rf.threshold < 0 || rf.maxShare <= 0 || rf.maxShare > 1 {
 		return fmt.Errorf("%w: --threshold must be ≥ 0 and --max-share in (0, 1]", errUsage)
 	}
-	vopt, err := cfg.valkeyOption()
+	vopt, stopFiles, err := cfg.valkeyConn(cfg.logger(stderr))
+	defer stopFiles()
 	if err != nil {
-		return fmt.Errorf("--valkey: %w", err)
+		return err
 	}
 	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: max(cfg.ValkeyTimeout, time.Second), Logger: cfg.logger(stderr)})
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -44,9 +46,17 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	vopt, err := cfg.valkeyOption()
+	vopt, stopFiles, err := cfg.valkeyConn(log)
+	defer stopFiles()
 	if err != nil {
-		return fmt.Errorf("--valkey: %w", err)
+		return err
+	}
+	serverTLS, certs, err := cfg.serverTLS(log)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		defer certs.Close()
 	}
 	allow, err := cfg.allowUpstream()
 	if err != nil {
@@ -85,7 +95,11 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 		}
 	}
 	applyGC(cfg)
-	gs := grpc.NewServer(grpcOptions(cfg, srv.Codec(), newStreamGuard(cfg, promReg, log))...)
+	gopts := grpcOptions(cfg, srv.Codec(), newStreamGuard(cfg, promReg, log))
+	if serverTLS != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(serverTLS)))
+	}
+	gs := grpc.NewServer(gopts...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
@@ -97,6 +111,18 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	var metricsSrv *http.Server
 	if mlis != nil {
 		metricsSrv = &http.Server{Handler: opsHandler(promReg, hs), ReadHeaderTimeout: 5 * time.Second}
+		if cfg.MetricsTLS {
+			metricsSrv.TLSConfig = serverTLS.Clone()
+			metricsSrv.TLSConfig.GetConfigForClient = nil
+			metricsSrv.TLSConfig.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				c, err := serverTLS.GetConfigForClient(h)
+				if err != nil {
+					return nil, err
+				}
+				return &c.Certificates[0], nil
+			}
+			mlis = tls.NewListener(mlis, metricsSrv.TLSConfig)
+		}
 		go func() {
 			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "err", err)
@@ -106,7 +132,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	log.Info("coord-extproc listening; health NOT_SERVING until the registry answers", "version", version,
-		"listen", lis.Addr().String(), "metrics", addrOf(mlis), "valkey_mode", valkeyMode(vopt),
+		"listen", lis.Addr().String(), "tls", serverTLS != nil, "mtls", cfg.TLSClientCA != "", "metrics", addrOf(mlis), "valkey_mode", valkeyMode(vopt),
 		"valkey_seeds", vopt.InitAddress, "master_set", vopt.Sentinel.MasterSet, "prefix", cfg.KeyPrefix,
 		"strategy", cfg.Strategy, "rules", len(table.Rules))
 
