@@ -48,13 +48,19 @@ func tlsClient(t *testing.T, addr string, ca *certtest.CA, leaf *certtest.Leaf) 
 
 // routeOnce asks ext_proc for destination t1 and returns the endpoint.
 func routeOnce(ctx context.Context, conn *grpc.ClientConn) (string, error) {
+	return routeBy(ctx, conn, "x-destination-id", "t1")
+}
+
+// routeBy asks ext_proc for a request carrying header and returns the
+// endpoint it answers.
+func routeBy(ctx context.Context, conn *grpc.ClientConn, header, value string) (string, error) {
 	s, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
 	if err != nil {
 		return "", err
 	}
 	defer s.CloseSend()
 	err = s.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":method", RawValue: []byte("GET")}, {Key: ":path", RawValue: []byte("/")}, {Key: "x-destination-id", RawValue: []byte("t1")}}},
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":method", RawValue: []byte("GET")}, {Key: ":path", RawValue: []byte("/")}, {Key: header, RawValue: []byte(value)}}},
 	}}})
 	if err != nil {
 		return "", err

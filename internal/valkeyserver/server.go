@@ -2,6 +2,7 @@ package valkeyserver
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -23,9 +24,10 @@ type Server struct {
 	bin   string
 	dir   string
 	port  int
-	extra []string // arguments after the defaults (cluster, replication)
-	conf  string   // a Sentinel's config file, else empty
-	pause bool     // SIGSTOPped
+	extra []string    // arguments after the defaults (cluster, replication)
+	conf  string      // a Sentinel's config file, else empty
+	pause bool        // SIGSTOPped
+	tls   *tls.Config // TLS-only server: how Ping reaches it
 	cmd   *exec.Cmd
 	done  chan struct{}
 }
@@ -44,6 +46,30 @@ func Binary() (string, error) {
 // (port 0) or the given one, and waits until it answers PING.
 func Start(dir string, port int) (*Server, error) {
 	return startServer(dir, port, nil, false)
+}
+
+// StartTLS runs a TLS-only server (no plaintext port) on a free loopback
+// port; extra are the TLS (and ACL) arguments after --tls-port, client is
+// how Ping reaches it. A reply of NOAUTH counts as up.
+func StartTLS(dir string, client *tls.Config, extra []string) (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Server{bin: bin, dir: dir, tls: client}
+	for attempt := 0; attempt < 5; attempt++ {
+		if s.port, err = freePort(false); err != nil {
+			return nil, err
+		}
+		s.extra = append([]string{"--port", "0", "--tls-port", strconv.Itoa(s.port)}, extra...)
+		if err = s.start(); err == nil {
+			return s, nil
+		}
+	}
+	return nil, err
 }
 
 // startServer starts a server with extra arguments; busPort asks for a
@@ -122,7 +148,13 @@ func (s *Server) start() error {
 
 // Ping sends PING over a raw connection.
 func (s *Server) Ping() error {
-	c, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+	var c net.Conn
+	var err error
+	if s.tls != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 200 * time.Millisecond}, "tcp", s.Addr(), s.tls)
+	} else {
+		c, err = net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}
@@ -135,7 +167,7 @@ func (s *Server) Ping() error {
 	if err != nil {
 		return err
 	}
-	if !strings.HasPrefix(line, "+PONG") {
+	if !strings.HasPrefix(line, "+PONG") && !strings.HasPrefix(line, "-NOAUTH") {
 		return fmt.Errorf("unexpected PING reply %q", line)
 	}
 	return nil
