@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	log.Info("coord-extproc listening; health NOT_SERVING until the registry answers", "version", version,
-		"listen", lis.Addr().String(), "tls", serverTLS != nil, "mtls", cfg.TLSClientCA != "", "metrics", addrOf(mlis), "valkey_mode", valkeyMode(vopt),
+		"listen", lis.Addr().String(), "metrics", addrOf(mlis), "tls", serverTLS != nil, "mtls", cfg.TLSClientCA != "", "valkey_mode", valkeyMode(vopt),
 		"valkey_seeds", vopt.InitAddress, "master_set", vopt.Sentinel.MasterSet, "prefix", cfg.KeyPrefix,
 		"strategy", cfg.Strategy, "rules", len(table.Rules))
 
