@@ -154,19 +154,12 @@ func (r *Registry) fetchMembers(ctx context.Context, now time.Time, store func(*
 // readMemberIDs reads P:members straight from Valkey, refusing one over
 // MaxMembers and asking the pruner to remove the ids without a record.
 func (r *Registry) readMemberIDs(ctx context.Context) ([]string, error) {
-	ctx, cancel := r.callCtx(ctx)
-	defer cancel()
-	res := boundedSetScript.Exec(ctx, r.client, []string{r.keys.members()}, []string{strconv.Itoa(r.opt.MaxMembers)})
-	if n, err := res.AsInt64(); err == nil {
+	ids, over, err := r.readBounded(ctx, r.keys.members(), r.opt.MaxMembers)
+	if over > 0 {
 		r.prune.kick()
-		return nil, fmt.Errorf("%w: %d ids, at most %d are read", ErrTooManyRegistered, n, r.opt.MaxMembers)
+		return nil, fmt.Errorf("%w: %d ids, at most %d are read", ErrTooManyRegistered, over, r.opt.MaxMembers)
 	}
-	ids, err := res.AsStrSlice()
-	if err = r.valkeyErr(err); err != nil {
-		return nil, err
-	}
-	slices.Sort(ids)
-	return ids, nil
+	return ids, err
 }
 
 // fetchDest reads a destination set, bounded by MaxSetMembers; broadcast
@@ -183,19 +176,30 @@ func (r *Registry) fetchDest(ctx context.Context, destID string, now time.Time) 
 // readDest reads a destination set straight from Valkey, refusing (and
 // queueing for shrinking) one over MaxSetMembers.
 func (r *Registry) readDest(ctx context.Context, destID string) ([]string, error) {
+	ids, over, err := r.readBounded(ctx, r.keys.dest(destID), r.opt.MaxSetMembers)
+	if over > 0 {
+		r.cleanup.shrink(destID)
+		return nil, fmt.Errorf("%w: %q has %d, at most %d are read", ErrTooManyMembers, destID, over, r.opt.MaxSetMembers)
+	}
+	return ids, err
+}
+
+// readBounded reads the set at key, sorted, unless it holds more than
+// limit ids: then only its size comes back (over), so an oversized set
+// costs one small reply instead of megabytes.
+func (r *Registry) readBounded(ctx context.Context, key string, limit int) (ids []string, over int64, err error) {
 	ctx, cancel := r.callCtx(ctx)
 	defer cancel()
-	res := boundedSetScript.Exec(ctx, r.client, []string{r.keys.dest(destID)}, []string{strconv.Itoa(r.opt.MaxSetMembers)})
+	res := boundedSetScript.Exec(ctx, r.client, []string{key}, []string{strconv.Itoa(limit)})
 	if n, err := res.AsInt64(); err == nil {
-		r.cleanup.shrink(destID)
-		return nil, fmt.Errorf("%w: %q has %d, at most %d are read", ErrTooManyMembers, destID, n, r.opt.MaxSetMembers)
+		return nil, n, nil
 	}
-	ids, err := res.AsStrSlice()
+	ids, err = res.AsStrSlice()
 	if err = r.valkeyErr(err); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	slices.Sort(ids)
-	return ids, nil
+	return ids, 0, nil
 }
 
 // readAt is when the server produced res: now for a reply that came over

@@ -201,10 +201,11 @@ func (rc *reclaimer) one(ctx context.Context, destID string) error {
 	if err = r.valkeyErr(err); err != nil {
 		return err
 	}
-	if len(probe) == 0 {
-		return nil
+	var state int64 // an empty reply keeps the claim: every claim leaves the pass's range
+	if len(probe) > 0 {
+		state, _ = probe[0].AsInt64()
 	}
-	if state, _ := probe[0].AsInt64(); state != 1 {
+	if state != 1 {
 		return rc.keep(ctx, destID) // touched recently, or too large to judge
 	}
 	ids := make([]string, 0, len(probe)-1)

@@ -127,15 +127,12 @@ func (r *Registry) onEmpty(ctx context.Context, destID string, e *setEntry, opt 
 		return r.decide(ctx, destID, found, opt, now) // a binding appeared meanwhile
 	}
 	g := r.recovery.begin(ctx)
-	if r.confirmedEmpty(e, now) {
-		if err := g.settle(ctx); err != nil {
+	var ids []string
+	if !r.confirmedEmpty(e, now) {
+		var err error
+		if ids, err = r.readDest(ctx, destID); err != nil {
 			return Decision{}, err
 		}
-		return Decision{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
-	}
-	ids, err := r.readDest(ctx, destID)
-	if err != nil {
-		return Decision{}, err
 	}
 	if len(ids) == 0 {
 		// During a recovery hold an empty set may just not be re-asserted

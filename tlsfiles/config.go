@@ -28,9 +28,19 @@ func (w *Watcher) ServerConfig() (*tls.Config, error) {
 	}, nil
 }
 
-// ClientConfig is a client's TLS config for serverName: the server's
-// certificate verified against the current CA (the system's without a CA
-// file), and the current client certificate when the server asks for one.
+// GetCertificate is the current certificate, for a tls.Config that asks
+// clients for none (a metrics listener).
+func (w *Watcher) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if m := w.cur.Load(); m.cert != nil {
+		return m.cert, nil
+	}
+	return nil, errors.New("tls: no certificate file given")
+}
+
+// ClientConfig is a client's TLS config for serverName (empty: the host
+// each connection dials): the server's certificate verified against the
+// current CA (the system's without a CA file), and the current client
+// certificate when the server asks for one.
 func (w *Watcher) ClientConfig(serverName string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -44,17 +54,18 @@ func (w *Watcher) ClientConfig(serverName string) *tls.Config {
 		// Verification is done here, against the CA as last read; Go's
 		// own would pin the pool of the first read.
 		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return w.verify(cs, serverName)
-		},
+		VerifyConnection:   w.verify,
 	}
 }
 
-func (w *Watcher) verify(cs tls.ConnectionState, serverName string) error {
+// verify checks the server's chain against the current CA, for the name
+// the connection was made for (crypto/tls fills ServerName from the dialled
+// host when the config leaves it empty).
+func (w *Watcher) verify(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("tls: the server sent no certificate")
 	}
-	opts := x509.VerifyOptions{Roots: w.cur.Load().pool, DNSName: serverName, Intermediates: x509.NewCertPool(), CurrentTime: w.opt.Now()}
+	opts := x509.VerifyOptions{Roots: w.cur.Load().pool, DNSName: cs.ServerName, Intermediates: x509.NewCertPool(), CurrentTime: w.opt.Now()}
 	for _, c := range cs.PeerCertificates[1:] {
 		opts.Intermediates.AddCert(c)
 	}

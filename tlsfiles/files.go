@@ -43,10 +43,13 @@ type material struct {
 
 // Watcher holds the current certificate and CA and re-reads them.
 type Watcher struct {
-	opt  Options
-	cur  atomic.Pointer[material]
-	quit chan struct{}
-	wg   sync.WaitGroup
+	opt Options
+	cur atomic.Pointer[material]
+	// lastErr is the last refusal, so a broken or missing file is logged
+	// once, not at every poll; only the poller touches it.
+	lastErr string
+	quit    chan struct{}
+	wg      sync.WaitGroup
 	// Reloads and Failures count changes taken and broken files kept out.
 	Reloads, Failures atomic.Uint64
 }
@@ -101,11 +104,12 @@ func (w *Watcher) run() {
 }
 
 // Reload reads the files now and takes them if they changed and are
-// valid; a broken change is logged and the current material kept.
+// valid; a broken change is logged and the current material kept. Calls
+// must not overlap (the watcher's own poll, or a test with Poll long).
 func (w *Watcher) Reload() {
-	old := w.cur.Load()
 	raw, err := w.readRaw()
-	if err == nil && bytes.Equal(raw[0], old.raw[0]) && bytes.Equal(raw[1], old.raw[1]) && bytes.Equal(raw[2], old.raw[2]) {
+	if err == nil && same(raw, w.cur.Load().raw) {
+		w.lastErr = ""
 		return
 	}
 	var m *material
@@ -114,14 +118,23 @@ func (w *Watcher) Reload() {
 	}
 	if err != nil {
 		// A swap in progress shows a cert without its key for a moment:
-		// logged each poll while it lasts, kept out.
+		// kept out, counted and logged once for as long as it lasts.
+		if err.Error() == w.lastErr {
+			return
+		}
+		w.lastErr = err.Error()
 		w.Failures.Add(1)
 		w.opt.Logger.Warn("TLS files changed but cannot be used; keeping the previous ones", "err", err)
 		return
 	}
 	w.cur.Store(m)
+	w.lastErr = ""
 	w.Reloads.Add(1)
 	w.opt.Logger.Info("TLS files reloaded", "cert", w.opt.Files.Cert, "ca", w.opt.Files.CA, "not_after", notAfter(m))
+}
+
+func same(a, b [3][]byte) bool {
+	return bytes.Equal(a[0], b[0]) && bytes.Equal(a[1], b[1]) && bytes.Equal(a[2], b[2])
 }
 
 func notAfter(m *material) string {

@@ -283,6 +283,12 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s %s: must be positive", name, d))
 		}
 	}
+	for name, n := range map[string]int{"grpc-max-streams": c.StreamsPerConn, "max-open-streams": c.MaxOpenStreams, "probe-rate": c.ProbeRate,
+		"max-set-members": c.MaxSetMembers, "max-members": c.MaxMembers, "cache-size": c.CacheSize, "body-limit": c.BodyLimit} {
+		if n <= 0 {
+			errs = append(errs, fmt.Errorf("--%s %d: must be positive", name, n))
+		}
+	}
 	if c.StreamWorkers < 0 {
 		errs = append(errs, fmt.Errorf("--grpc-stream-workers %d: 0 (automatic) or more", c.StreamWorkers))
 	}
@@ -295,32 +301,11 @@ func (c *Config) Validate() error {
 	if c.ClaimRate < 0 {
 		errs = append(errs, fmt.Errorf("--claim-rate %g: 0 (no bound) or positive", c.ClaimRate))
 	}
-	if c.StreamsPerConn <= 0 {
-		errs = append(errs, fmt.Errorf("--grpc-max-streams %d: must be positive", c.StreamsPerConn))
-	}
-	if c.MaxOpenStreams <= 0 {
-		errs = append(errs, fmt.Errorf("--max-open-streams %d: must be positive", c.MaxOpenStreams))
-	}
-	if c.ProbeRate <= 0 {
-		errs = append(errs, fmt.Errorf("--probe-rate %d: must be positive", c.ProbeRate))
-	}
-	if c.MaxSetMembers <= 0 {
-		errs = append(errs, fmt.Errorf("--max-set-members %d: must be positive", c.MaxSetMembers))
-	}
 	if c.NegativeTTL < 0 || c.NegativeTTL > c.CacheTTL {
 		errs = append(errs, fmt.Errorf("--negative-cache-ttl %s: 0 (off) up to --cache-ttl (%s)", c.NegativeTTL, c.CacheTTL))
 	}
 	if c.ReclaimAfter < 0 || (c.ReclaimAfter > 0 && c.ReclaimAfter < time.Second) {
 		errs = append(errs, fmt.Errorf("--reclaim-after %s: 0 (never) or at least 1s (Valkey counts idle time in seconds)", c.ReclaimAfter))
-	}
-	if c.MaxMembers <= 0 {
-		errs = append(errs, fmt.Errorf("--max-members %d: must be positive", c.MaxMembers))
-	}
-	if c.CacheSize <= 0 {
-		errs = append(errs, fmt.Errorf("--cache-size %d: must be positive", c.CacheSize))
-	}
-	if c.BodyLimit <= 0 {
-		errs = append(errs, fmt.Errorf("--body-limit %d: must be positive", c.BodyLimit))
 	}
 	if _, err := c.allowUpstream(); err != nil {
 		errs = append(errs, fmt.Errorf("--allow-upstream: %w", err))

@@ -111,17 +111,8 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	var metricsSrv *http.Server
 	if mlis != nil {
 		metricsSrv = &http.Server{Handler: opsHandler(promReg, hs), ReadHeaderTimeout: 5 * time.Second}
-		if cfg.MetricsTLS {
-			metricsSrv.TLSConfig = serverTLS.Clone()
-			metricsSrv.TLSConfig.GetConfigForClient = nil
-			metricsSrv.TLSConfig.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
-				c, err := serverTLS.GetConfigForClient(h)
-				if err != nil {
-					return nil, err
-				}
-				return &c.Certificates[0], nil
-			}
-			mlis = tls.NewListener(mlis, metricsSrv.TLSConfig)
+		if cfg.MetricsTLS { // Validate: only with --tls-cert, so certs is set
+			mlis = tls.NewListener(mlis, &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate})
 		}
 		go func() {
 			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {

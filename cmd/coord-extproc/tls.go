@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 
@@ -47,14 +48,12 @@ func (c *Config) validateTLS() []error {
 	return errs
 }
 
-// redactURL drops the password from a Valkey URL for messages.
-func redactURL(u string) string {
-	if at := strings.LastIndex(u, "@"); at > 0 {
-		if scheme := strings.Index(u, "://"); scheme > 0 && scheme < at {
-			return u[:scheme+3] + "…" + u[at:]
-		}
+// redactURL is a Valkey URL without its password, for messages.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
 	}
-	return u
+	return "(unparsable URL)"
 }
 
 // valkeyConn is the Valkey client option with the TLS and password files

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,13 +99,13 @@ func TestMutualTLSAndRotation(t *testing.T) {
 	stranger := other.Issue(t, "envoy", time.Time{})
 	expired := ca.Issue(t, "envoy", time.Now().Add(-time.Hour))
 
-	grpcAddr := freeAddr(t)
+	grpcAddr, metricsAddr := freeAddr(t), freeAddr(t)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	logs := &syncBuffer{}
 	go func() {
 		done <- Main(ctx, nil, env(map[string]string{
-			"COORD_LISTEN": grpcAddr, "COORD_METRICS_LISTEN": "", "COORD_VALKEY_URL": srv.URL(), "COORD_ALLOW_UPSTREAM": "127.0.0.0/8",
+			"COORD_LISTEN": grpcAddr, "COORD_METRICS_LISTEN": metricsAddr, "COORD_METRICS_TLS": "true", "COORD_VALKEY_URL": srv.URL(), "COORD_ALLOW_UPSTREAM": "127.0.0.0/8",
 			"COORD_TLS_CERT": dir + "/tls.crt", "COORD_TLS_KEY": dir + "/tls.key", "COORD_TLS_CLIENT_CA": caFile, "COORD_SHUTDOWN_GRACE": "1s",
 		}), io.Discard, logs)
 	}()
@@ -117,6 +118,20 @@ func TestMutualTLSAndRotation(t *testing.T) {
 	})
 	if ep, err := routeOnce(context.Background(), conn); err != nil || ep != "127.0.0.1:7001" {
 		t.Fatalf("ext_proc over mTLS: %q %v", ep, err)
+	}
+	// --metrics-tls: the same certificate, no client certificate asked;
+	// plain HTTP is not answered.
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if resp, err := hc.Get("https://" + metricsAddr + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz over TLS: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + metricsAddr + "/healthz"); err == nil && resp.StatusCode == http.StatusOK {
+		resp.Body.Close()
+		t.Fatal("/healthz answered plain HTTP with --metrics-tls")
 	}
 	authz, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 		Method: "GET", Path: "/", Headers: map[string]string{"x-destination-id": "t1"},
@@ -170,9 +185,8 @@ func TestMutualTLSAndRotation(t *testing.T) {
 	waitFor(t, "a new handshake presents the new certificate", func() bool {
 		return presentedSerial(t, grpcAddr, ca, &good).Cmp(next.Serial) == 0
 	})
-	for n := served.Load(); served.Load() < n+50; {
-		time.Sleep(10 * time.Millisecond) // traffic goes on after the swap too
-	}
+	n := served.Load()
+	waitFor(t, "traffic after the swap too", func() bool { return served.Load() >= n+50 })
 	endTraffic()
 	wg.Wait()
 	if failed.Load() != 0 {
@@ -210,4 +224,28 @@ func presentedSerial(t *testing.T, addr string, ca *certtest.CA, leaf *certtest.
 	}
 	defer conn.Close()
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber
+}
+
+// TLS flags that cannot work stop start-up with a line naming them; a URL
+// in such a line has no password.
+func TestTLSFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	f := certtest.Write(t, dir, "x.pem", []byte("x"))
+	tests := []struct {
+		env        map[string]string
+		want, hide string
+	}{
+		{map[string]string{"COORD_TLS_CERT": f}, "--tls-cert and --tls-key go together", ""},
+		{map[string]string{"COORD_TLS_CLIENT_CA": f}, "--tls-client-ca needs --tls-cert", ""},
+		{map[string]string{"COORD_METRICS_TLS": "true"}, "--metrics-tls needs --tls-cert", ""},
+		{map[string]string{"COORD_VALKEY_CA": f, "COORD_VALKEY_URL": "redis://coord:s3cret@127.0.0.1:6379"}, "rediss://", "s3cret"},
+		{map[string]string{"COORD_VALKEY_PASSWORD_FILE": dir + "/absent"}, "--valkey-password-file", ""},
+		{map[string]string{"COORD_TLS_CERT": f, "COORD_TLS_KEY": f}, "x.pem with key", ""}, // read at start: not a certificate
+	}
+	for _, tt := range tests {
+		err := Main(context.Background(), nil, env(tt.env), io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || (tt.hide != "" && strings.Contains(err.Error(), tt.hide)) {
+			t.Errorf("%v: err = %v, want it to say %q (and not %q)", tt.env, err, tt.want, tt.hide)
+		}
+	}
 }

@@ -64,8 +64,11 @@ func (v *tlsValkey) url(user string) string { return "rediss://" + user + "@" + 
 func serveWith(t *testing.T, extra map[string]string) (string, *syncBuffer) {
 	t.Helper()
 	grpcAddr := freeAddr(t)
+	// What these tests check is TLS and users, not latency: a first call
+	// on a new TLS connection can outlast the 50 ms default under -race
+	// on a busy machine (it did: a 503 once).
 	e := map[string]string{"COORD_LISTEN": grpcAddr, "COORD_METRICS_LISTEN": "", "COORD_ALLOW_UPSTREAM": "127.0.0.0/8",
-		"COORD_SHUTDOWN_GRACE": "1s", "COORD_LOG_FORMAT": "text"}
+		"COORD_SHUTDOWN_GRACE": "1s", "COORD_LOG_FORMAT": "text", "COORD_VALKEY_TIMEOUT": "1s", "COORD_DECISION_TIMEOUT": "2s"}
 	for k, val := range extra {
 		e[k] = val
 	}
