@@ -26,6 +26,20 @@ type dataLoad struct {
 	wg               sync.WaitGroup
 }
 
+// moreReads waits until every destination was read about twice more:
+// traffic on the new owners, counted, not a fixed time.
+func (l *dataLoad) moreReads(t *testing.T, dests int) {
+	t.Helper()
+	l.mu.Lock()
+	want := l.total + 2*dests
+	l.mu.Unlock()
+	waitFor(t, 10*time.Second, "more reads", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.total >= want
+	})
+}
+
 func (s *stack) startDataLoad(dests []string, stop <-chan struct{}) *dataLoad {
 	l := &dataLoad{lost: map[string]int{}, servedBy: map[string]map[string]int{}}
 	for _, d := range dests {
@@ -113,7 +127,7 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 		times = append(times, handoffTimes(t, p)...)
 		delete(s.pods, old)
 	}
-	time.Sleep(300 * time.Millisecond) // a few more reads on the new pods
+	l.moreReads(t, len(dests))
 	close(stop)
 	l.wg.Wait()
 	for _, d := range dests {
@@ -133,7 +147,10 @@ func TestRollingRestartLosesNothing(t *testing.T) {
 		l.total, l.noPod, len(l.lost), len(times), times[len(times)/2], times[len(times)-1])
 }
 
-var noMoves = regexp.MustCompile(`(?m)^0 move\(s\)`)
+var (
+	noMoves     = regexp.MustCompile(`(?m)^0 move\(s\)`)
+	plannedMove = regexp.MustCompile(`(?m)^  (\S+): (\S+) -> (\S+)$`)
+)
 
 // rebalance runs `coord-extproc rebalance` against the stack's Valkey.
 func (s *stack) rebalance(t *testing.T, args ...string) string {
@@ -185,22 +202,24 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 		if noMoves.MatchString(out) {
 			break
 		}
+		// Done when every planned move is done: an empty queue alone is
+		// not (the last request is popped before its handoff runs).
+		planned := plannedMove.FindAllStringSubmatch(out, -1)
 		waitFor(t, 10*time.Second, "the owners carried out the round", func() bool {
-			keys, _ := s.raw.Do(context.Background(), s.raw.B().Keys().Pattern("coordinator:handoff:*").Build()).AsStrSlice()
-			if len(keys) > 0 {
-				return false
+			for _, m := range planned {
+				if got := s.smembers("coordinator:destination:" + m[1]); len(got) != 1 || got[0] != m[3] {
+					return false
+				}
 			}
-			// every destination has one owner again (none mid-switch)
-			for _, d := range dests {
+			for _, d := range dests { // and none other is mid-switch
 				if len(s.smembers("coordinator:destination:"+d)) != 1 {
 					return false
 				}
 			}
 			return true
 		})
-		time.Sleep(300 * time.Millisecond) // the last handoff of the round finishing its hook: its request was popped before it ran
 	}
-	time.Sleep(300 * time.Millisecond) // reads on the new owners
+	l.moreReads(t, len(dests))
 	close(stop)
 	l.wg.Wait()
 	after := s.owners(t, dests)
