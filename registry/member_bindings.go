@@ -116,8 +116,9 @@ func (m *Member) RegisterLock(ctx context.Context, lockID, destID string, metada
 	return nil
 }
 
-// RefreshLock extends a leased lock by lease. A lock whose record is gone
-// (lease ran out) is ErrLockNotFound and is forgotten.
+// RefreshLock extends a leased lock by lease. A lock whose lease ran out
+// is ErrLockNotFound and is forgotten; one whose record the registry lost
+// while its lease ran is re-asserted.
 func (m *Member) RefreshLock(ctx context.Context, lockID string, lease time.Duration) error {
 	if err := ValidateID(lockID); err != nil {
 		return err
@@ -127,9 +128,26 @@ func (m *Member) RefreshLock(ctx context.Context, lockID string, lease time.Dura
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
 	defer cancel()
-	n, err := m.opt.Client.Do(ctx, m.opt.Client.B().Pexpire().Key(m.keys.lock(lockID)).Milliseconds(lease.Milliseconds()).Build()).AsInt64()
+	b, key := m.opt.Client.B(), m.keys.lock(lockID)
+	n, err := m.opt.Client.Do(ctx, b.Pexpire().Key(key).Milliseconds(lease.Milliseconds()).Build()).AsInt64()
 	if err != nil {
 		return fmt.Errorf("registry: refresh lock %q: %w", lockID, err)
+	}
+	if n == 0 {
+		// Gone before its lease ran out by this member's clock: the
+		// registry lost it (a wipe, a fail-over to a lagging replica), not
+		// the member. Re-assert it as a heartbeat's recovery would;
+		// forgetting it here would keep that recovery from bringing it back.
+		m.mu.Lock()
+		l, held := m.locks[lockID]
+		m.mu.Unlock()
+		if held && (l.lease == 0 || m.opt.Now().Before(l.deadline)) {
+			args := append([]string{strconv.FormatInt(lease.Milliseconds(), 10)}, l.fields...)
+			if err := m.do(ctx, b.Eval().Script(restoreLockSrc).Numkeys(1).Key(key).Arg(args...).Build()); err != nil {
+				return fmt.Errorf("registry: refresh lock %q: re-assert: %w", lockID, err)
+			}
+			n = 1
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

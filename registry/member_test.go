@@ -199,3 +199,34 @@ func TestNewMemberValidates(t *testing.T) {
 		})
 	}
 }
+
+// A lock refreshed while the registry is empty (a wipe, before this
+// member's heartbeat re-asserted it) is re-asserted, not forgotten: the
+// end-to-end restart test lost a transaction so, when a request reached
+// the pod between the wipe and its next heartbeat.
+func TestRefreshLockAfterWipe(t *testing.T) {
+	srv := valkeytest.Start(t)
+	c := rawClient(t, srv)
+	ctx := context.Background()
+	m := newMember(t, c, "pod-a", 7001, nil)
+	if err := m.Register(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RegisterLock(ctx, "tx", "d1", map[string]string{"k": "v"}, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	do(t, c, "FLUSHALL")
+	if err := m.RefreshLock(ctx, "tx", 30*time.Second); err != nil {
+		t.Fatalf("refresh after the wipe: %v, want the lock re-asserted", err)
+	}
+	if _, err := m.Heartbeat(ctx, 0); err != nil { // the recovery that follows
+		t.Fatal(err)
+	}
+	got, err := do(t, c, "HGETALL", "coordinator:lock:tx").AsStrMap()
+	if err != nil || got["podId"] != "pod-a" || got["destinationId"] != "d1" || got["k"] != "v" {
+		t.Fatalf("lock after the wipe: %v %v", got, err)
+	}
+	if ms, _ := do(t, c, "PTTL", "coordinator:lock:tx").AsInt64(); ms <= 0 || ms > 30_000 {
+		t.Fatalf("lock lease after re-assertion: %d ms", ms)
+	}
+}
