@@ -150,7 +150,9 @@ func (m *Member) handoffTo(ctx context.Context, destID string, to PeerLoad) erro
 		return err
 	}
 	c := m.opt.Client
-	held, err := c.Do(ctx, c.B().Smembers().Key(m.keys.dest(destID)).Build()).AsStrSlice()
+	rctx, cancel := context.WithTimeout(ctx, m.opt.Timeout)
+	held, err := c.Do(rctx, c.B().Smembers().Key(m.keys.dest(destID)).Build()).AsStrSlice()
+	cancel()
 	if err != nil {
 		return fail(fmt.Errorf("registry: handoff %q: %w", destID, err))
 	}

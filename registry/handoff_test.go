@@ -24,6 +24,7 @@ type handoffFleet struct {
 	carried map[string]string // destination -> member that received it
 	failing atomic.Bool
 	block   chan struct{} // when set, the hook waits on it
+	entered chan struct{} // closed when a hook starts waiting on block
 }
 
 func newHandoffFleet(t *testing.T, srv *valkeytest.Server, ids ...string) *handoffFleet {
@@ -33,6 +34,7 @@ func newHandoffFleet(t *testing.T, srv *valkeytest.Server, ids ...string) *hando
 		m := newMember(t, f.c, id, 7400+i, func(o *MemberOptions) {
 			o.Handoff = func(ctx context.Context, dest string, to PeerLoad) error {
 				if f.block != nil {
+					close(f.entered)
 					select {
 					case <-f.block:
 					case <-ctx.Done():
@@ -60,12 +62,20 @@ func newHandoffFleet(t *testing.T, srv *valkeytest.Server, ids ...string) *hando
 // for f.block to close; it returns once the hook runs.
 func (f *handoffFleet) blockedHandoff(t *testing.T, dest string) <-chan error {
 	t.Helper()
-	f.block = make(chan struct{})
+	f.block, f.entered = make(chan struct{}), make(chan struct{})
 	a := f.members["a"]
 	_ = a.AddToDestination(context.Background(), dest)
 	done := make(chan error, 1)
 	go func() { _, err := a.Handoff(context.Background(), dest, "b"); done <- err }()
-	eventually(t, time.Second, "the hook running", func() bool { return a.HandoffStats().Started.Load() == 1 })
+	// The hook itself, not the start count: the handoff's reads come
+	// before it (a pause of Valkey during them once hung this test).
+	select {
+	case <-f.entered:
+	case err := <-done:
+		t.Fatalf("the handoff ended before its hook: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hook did not run within 5s")
+	}
 	return done
 }
 
