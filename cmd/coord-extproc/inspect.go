@@ -39,7 +39,9 @@ func inspect(ctx context.Context, cmd string, cfg *Config, args []string, env lo
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: cfg.ValkeyTimeout, Logger: cfg.logger(stderr)})
+	// An operator waits for an answer: the request path's 50 ms per call
+	// would fail these reads on a loaded Valkey (as rebalance does).
+	reg, err := registry.New(ctx, registry.Options{Client: vopt, Prefix: cfg.KeyPrefix, Timeout: max(cfg.ValkeyTimeout, time.Second), Logger: cfg.logger(stderr)})
 	if err != nil {
 		return err
 	}
