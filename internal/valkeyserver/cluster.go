@@ -143,6 +143,33 @@ func (c *Cluster) MasterOf(key string) (*Server, error) {
 	return nil, fmt.Errorf("no running master serves the slot of %q", key)
 }
 
+// SelfPromoted reports whether a running node other than old claims, in
+// its own view, to serve key's slot as master: the moment a promoted
+// replica can answer, before gossip tells the other nodes (MasterOf asks
+// one of them).
+func (c *Cluster) SelfPromoted(old *Server, key string) bool {
+	for _, n := range c.Nodes {
+		if n == old || !n.Running() {
+			continue
+		}
+		slot, err := n.CLI("CLUSTER", "KEYSLOT", key)
+		if err != nil {
+			continue
+		}
+		nodes, err := n.CLI("CLUSTER", "NODES")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(nodes, "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 9 && strings.Contains(f[2], "myself") && strings.Contains(f[2], "master") && ownsSlot(f[8:], strings.TrimSpace(slot)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func ownsSlot(ranges []string, slot string) bool {
 	var s int
 	fmt.Sscan(slot, &s)
