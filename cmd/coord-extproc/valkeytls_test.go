@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,8 +41,8 @@ func startTLSValkey(t *testing.T, acl string) *tlsValkey {
 	v.caFile = certtest.Write(t, dir, "ca.crt", v.ca.PEM)
 	v.otherFile = certtest.Write(t, dir, "other.crt", v.other.PEM)
 	v.certFile, v.keyFile = certtest.Write(t, dir, "client.crt", cli.CertPEM), certtest.Write(t, dir, "client.key", cli.KeyPEM)
-	v.coordPW = certtest.Write(t, dir, "coord.pw", []byte("coord-secret\n"))
-	v.podPW = certtest.Write(t, dir, "pod.pw", []byte("pod-secret\n"))
+	v.coordPW = certtest.Write(t, dir, "coord.pw", []byte("coord-extproc-password\n"))
+	v.podPW = certtest.Write(t, dir, "pod.pw", []byte("pod-password\n"))
 	aclFile := certtest.Write(t, dir, "users.acl", []byte(acl))
 	pool := x509.NewCertPool()
 	pool.AddCert(v.ca.Cert)
@@ -59,6 +60,27 @@ func startTLSValkey(t *testing.T, acl string) *tlsValkey {
 }
 
 func (v *tlsValkey) url(user string) string { return "rediss://" + user + "@" + v.addr }
+
+// client connects as user with the test's client certificate.
+func (v *tlsValkey) client(t *testing.T, user, password string) valkey.Client {
+	t.Helper()
+	opt, err := valkey.ParseURL(v.url(user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.Password, opt.DisableCache = password, true
+	stop, err := valkeyconn.Apply(&opt, valkeyconn.Files{CA: v.caFile, Cert: v.certFile, Key: v.keyFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	c, err := valkey.NewClient(opt)
+	if err != nil {
+		t.Fatalf("connect as %s: %v", user, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
 
 // serveWith runs serve with env and returns its gRPC address and logs.
 func serveWith(t *testing.T, extra map[string]string) (string, *syncBuffer) {
@@ -96,9 +118,16 @@ func healthOf(t *testing.T, addr string) string {
 	return r.GetStatus().String()
 }
 
-const testACL = "user default off\n" +
-	"user coord on >coord-secret ~coordinator:* &* +@all\n" +
-	"user pod on >pod-secret ~coordinator:* +@all\n"
+// documentedACL reads the users the README documents (SPEC §6), plus an
+// admin the test plays the operator with; default is off.
+func documentedACL(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../deploy/valkey/users.acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b) + "\nuser admin on >admin-password ~* &* +@all\nuser default off\n"
+}
 
 // Issue #22: coord-extproc and a Go Member against a TLS-only Valkey that
 // asks for client certificates, each with its own user, the password from
@@ -106,7 +135,7 @@ const testACL = "user default off\n" +
 // did not sign the server, and a wrong password, keep health NOT_SERVING
 // with a line that says why.
 func TestTLSValkeyWithUsers(t *testing.T) {
-	v := startTLSValkey(t, testACL)
+	v := startTLSValkey(t, documentedACL(t))
 	files := map[string]string{"COORD_VALKEY_CA": v.caFile, "COORD_VALKEY_CERT": v.certFile, "COORD_VALKEY_KEY": v.keyFile}
 	withFiles := func(kv map[string]string) map[string]string {
 		out := map[string]string{}
@@ -118,7 +147,7 @@ func TestTLSValkeyWithUsers(t *testing.T) {
 		}
 		return out
 	}
-	grpcAddr, _ := serveWith(t, withFiles(map[string]string{"COORD_VALKEY_URL": v.url("coord"), "COORD_VALKEY_PASSWORD_FILE": v.coordPW}))
+	grpcAddr, _ := serveWith(t, withFiles(map[string]string{"COORD_VALKEY_URL": v.url("coord-extproc"), "COORD_VALKEY_PASSWORD_FILE": v.coordPW}))
 
 	// The pod: the same files through valkeyconn, its own user.
 	opt, err := valkey.ParseURL(v.url("pod"))
@@ -167,9 +196,30 @@ func TestTLSValkeyWithUsers(t *testing.T) {
 		return err == nil && ep == "127.0.0.1:7002"
 	})
 
+	// The recovery hold over TLS: a wipe leaves t1 unanswered (not a 404)
+	// until the pod's next heartbeat re-asserts it.
+	admin := v.client(t, "admin", "admin-password")
+	if err := m2.Track("t1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Do(ctx, admin.B().Flushall().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the wipe seen: t1 held (503), not a 404", func() bool {
+		_, err := routeBy(ctx, conn, "x-destination-id", "t1")
+		return err != nil && strings.Contains(err.Error(), "Registry recovering")
+	})
+	if _, err := m2.Heartbeat(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "t1 re-asserted by the pod's heartbeat", func() bool {
+		ep, err := routeBy(ctx, conn, "x-destination-id", "t1")
+		return err == nil && ep == "127.0.0.1:7002"
+	})
+
 	for name, extra := range map[string]map[string]string{
-		"another CA":     {"COORD_VALKEY_URL": v.url("coord"), "COORD_VALKEY_PASSWORD_FILE": v.coordPW, "COORD_VALKEY_CA": v.otherFile},
-		"wrong password": {"COORD_VALKEY_URL": v.url("coord"), "COORD_VALKEY_PASSWORD_FILE": v.podPW},
+		"another CA":     {"COORD_VALKEY_URL": v.url("coord-extproc"), "COORD_VALKEY_PASSWORD_FILE": v.coordPW, "COORD_VALKEY_CA": v.otherFile},
+		"wrong password": {"COORD_VALKEY_URL": v.url("coord-extproc"), "COORD_VALKEY_PASSWORD_FILE": v.podPW},
 	} {
 		addr, logs := serveWith(t, withFiles(extra))
 		want := map[string]string{"another CA": "is not signed by " + v.otherFile, "wrong password": "WRONGPASS"}[name]

@@ -48,6 +48,12 @@ func Start(dir string, port int) (*Server, error) {
 	return startServer(dir, port, nil, false)
 }
 
+// StartWith is Start on a free port with extra arguments (an ACL file,
+// say).
+func StartWith(dir string, extra []string) (*Server, error) {
+	return startServer(dir, 0, extra, false)
+}
+
 // StartTLS runs a TLS-only server (no plaintext port) on a free loopback
 // port; extra are the TLS (and ACL) arguments after --tls-port, client is
 // how Ping reaches it. A reply of NOAUTH counts as up.

@@ -19,9 +19,12 @@ type Server struct {
 // Start runs a fresh server with no persistence in a temporary directory
 // and stops it when the test ends. It fails the test if no binary exists:
 // CI must never skip the registry tests silently.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { t.Helper(); return StartWith(t) }
+
+// StartWith is Start with extra server arguments.
+func StartWith(t testing.TB, args ...string) *Server {
 	t.Helper()
-	s, err := valkeyserver.Start(t.TempDir(), 0)
+	s, err := valkeyserver.StartWith(t.TempDir(), args)
 	if err != nil {
 		t.Fatalf("valkeytest: %v", err)
 	}
