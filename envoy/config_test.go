@@ -91,6 +91,8 @@ func TestWiringChecksFail(t *testing.T) {
 		{"envoy.yaml", "failure reports of every 5xx", "flags: [UF, UC]", "flags: [UF, UC, UH]", "want exactly"},
 		{"envoy.yaml", "failure reports unfiltered", "response_flag_filter: { flags: [UF, UC] }", "status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: x } } }", "response_flag_filter"},
 		{"envoy-ext-authz.yaml", "failure reports elsewhere", "envoy_grpc: { cluster_name: coord_extproc }\n                    buffer_size_bytes", "envoy_grpc: { cluster_name: pods }\n                    buffer_size_bytes", "want the coord-extproc cluster"},
+		{"envoy-ext-authz.yaml", "default circuit breaker", "      - priority: DEFAULT\n        max_requests: 100000\n    load_assignment:\n      cluster_name: coord_extproc", "      - priority: HIGH\n        max_requests: 100000\n    load_assignment:\n      cluster_name: coord_extproc", "max_requests 1024"},
+		{"envoy.yaml", "gRPC requests capped", "max_requests: 100000", "max_requests: 1000", "max_requests 1000"},
 		{"envoy-compose.yaml", "compose failure reports v2", "transport_api_version: V3", "transport_api_version: AUTO", "V3"},
 	}
 	for _, tt := range tests {

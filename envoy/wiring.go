@@ -7,6 +7,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -178,7 +179,24 @@ func CheckOriginalDst(c *clusterv3.Cluster, ns string, w Wiring) error {
 	return nil
 }
 
+// minGRPCRequests is the least max_requests the gRPC cluster may allow.
+const minGRPCRequests = 10000
+
 func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any)) {
+	if err := CheckTLS(c); err != nil {
+		fail("%v", err)
+	}
+	// Each ext_proc stream and each ext_authz check is one request on this
+	// cluster; Envoy's default circuit breaker allows 1024 at once.
+	maxReq := uint32(1024)
+	for _, th := range c.GetCircuitBreakers().GetThresholds() {
+		if th.GetPriority() == corev3.RoutingPriority_DEFAULT && th.GetMaxRequests() != nil {
+			maxReq = th.GetMaxRequests().GetValue()
+		}
+	}
+	if maxReq < minGRPCRequests {
+		fail("cluster %s: circuit breaker max_requests %d: requests past it fail at once (set %d or more)", c.GetName(), maxReq, minGRPCRequests)
+	}
 	if c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] == nil {
 		fail("cluster %s: no HTTP/2 protocol options; gRPC needs HTTP/2", c.GetName())
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -57,6 +58,7 @@ type config struct {
 type upstream struct {
 	cluster string
 	addr    string
+	tls     *tls.Config // the cluster's UpstreamTlsContext; nil: plaintext
 }
 
 type route struct {
@@ -252,6 +254,10 @@ func (c *config) readCluster(cl *clusterv3.Cluster) error {
 		}
 		sa := eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
 		c.grpc.addr = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+		var err error
+		if c.grpc.tls, err = readUpstreamTLS(cl); err != nil {
+			return err
+		}
 	case cl.GetType() == clusterv3.Cluster_ORIGINAL_DST:
 		// OriginalDstClusterFactory::createClusterImpl's checks.
 		if cl.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED {

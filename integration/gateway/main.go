@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -87,7 +89,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mutation_rules: %w", err)
 	}
-	conn, err := dialCluster(strings.Split(cfg.grpc.addr, ","))
+	conn, err := dialCluster(strings.Split(cfg.grpc.addr, ","), cfg.grpc.tls)
 	if err != nil {
 		return err
 	}
@@ -130,14 +132,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 // dialCluster connects to the coord_extproc cluster's endpoints, spreading
 // streams over them round-robin (the shipped cluster's lb_policy); one
 // access-log stream goes to one endpoint, as each Envoy worker's does.
-func dialCluster(addrs []string) (*grpc.ClientConn, error) {
+func dialCluster(addrs []string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
 	r := manual.NewBuilderWithScheme("standin")
 	var st resolver.State
 	for _, a := range addrs {
 		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
 	}
 	r.InitialState(st)
+	creds := insecure.NewCredentials()
+	if tlsConfig != nil {
+		creds = credentials.NewTLS(tlsConfig)
+	}
 	return grpc.NewClient("standin:///coord_extproc", grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 }

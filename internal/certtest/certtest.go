@@ -50,6 +50,13 @@ type Leaf struct {
 // use), valid until notAfter (zero: a day).
 func (ca *CA) Issue(t testing.TB, name string, notAfter time.Time) Leaf {
 	t.Helper()
+	return ca.IssueFor(t, name, notAfter, "localhost")
+}
+
+// IssueFor is Issue for 127.0.0.1 and the given DNS names (a Service's
+// name, say).
+func (ca *CA) IssueFor(t testing.TB, name string, notAfter time.Time, dnsNames ...string) Leaf {
+	t.Helper()
 	if notAfter.IsZero() {
 		notAfter = time.Now().Add(24 * time.Hour)
 	}
@@ -59,7 +66,7 @@ func (ca *CA) Issue(t testing.TB, name string, notAfter time.Time) Leaf {
 		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:    []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:    dnsNames, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
