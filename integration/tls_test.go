@@ -70,7 +70,7 @@ func TestMutualTLSEndToEnd(t *testing.T) {
 	wrongName := tlsCluster(t, "envoy.yaml", goodDir)
 	wrongName[1] = strings.ReplaceAll(wrongName[1], "exact: coord-extproc.coord.svc", "exact: other.coord.svc")
 	for name, edit := range map[string][]string{
-		"client certificate from another CA": tlsCluster(t, "envoy.yaml", badDir),
+		"client certificate from another CA":  tlsCluster(t, "envoy.yaml", badDir),
 		"server certificate for another name": wrongName,
 	} {
 		t.Run(name, func(t *testing.T) {
