@@ -24,6 +24,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/coord-extproc/coord-extproc/envoy"
 	"github.com/coord-extproc/coord-extproc/extproc"
@@ -49,6 +50,10 @@ type manifests struct {
 	patches     []*egv1a1.EnvoyPatchPolicy
 	filters     []*EnvoyFilter
 	netpols     []*networkingv1.NetworkPolicy
+	backendTLS  []*gwapiv1.BackendTLSPolicy
+	proxies     []*egv1a1.EnvoyProxy
+	peerAuths   []*PeerAuthentication
+	authzPols   []*AuthorizationPolicy
 }
 
 func byKind(objs []any) *manifests {
@@ -73,6 +78,14 @@ func byKind(objs []any) *manifests {
 			m.filters = append(m.filters, o)
 		case *networkingv1.NetworkPolicy:
 			m.netpols = append(m.netpols, o)
+		case *gwapiv1.BackendTLSPolicy:
+			m.backendTLS = append(m.backendTLS, o)
+		case *egv1a1.EnvoyProxy:
+			m.proxies = append(m.proxies, o)
+		case *PeerAuthentication:
+			m.peerAuths = append(m.peerAuths, o)
+		case *AuthorizationPolicy:
+			m.authzPols = append(m.authzPols, o)
 		}
 	}
 	return m
@@ -151,11 +164,9 @@ func (m *manifests) checkDeployment(d *appsv1.Deployment, s Server, fail func(st
 		fail("Deployment %s: no container port named grpc on %d", d.Name, grpcPort)
 	}
 	m.checkNetworkPolicy(d, grpcPort, fail)
-	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
-		if p == nil || p.GRPC == nil || p.GRPC.Port != grpcPort {
-			fail("Deployment %s: %s probe must ask the gRPC health service on %d", d.Name, name, grpcPort)
-		}
-	}
+	m.checkTLSWiring(d, env, grpcPort, fail)
+	checkProbes(d, c, env, grpcPort, fail)
+	checkSecretFiles(d, c, env, fail)
 	sc, psc := c.SecurityContext, pod.Spec.SecurityContext
 	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
 		psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {

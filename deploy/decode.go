@@ -9,12 +9,15 @@ import (
 
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	istioapi "istio.io/api/networking/v1alpha3"
+	istiosec "istio.io/api/security/v1beta1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -25,6 +28,20 @@ type EnvoyFilter struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              *istioapi.EnvoyFilter `json:"-"`
+}
+
+// PeerAuthentication and AuthorizationPolicy are Istio's security/v1
+// kinds, decoded as EnvoyFilter is.
+type PeerAuthentication struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              *istiosec.PeerAuthentication `json:"-"`
+}
+
+type AuthorizationPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              *istiosec.AuthorizationPolicy `json:"-"`
 }
 
 // newObject returns the Go type of an apiVersion/kind the manifests use.
@@ -48,6 +65,14 @@ func newObject(apiVersion, kind string) (any, error) {
 		return &egv1a1.EnvoyPatchPolicy{}, nil
 	case "networking.istio.io/v1alpha3 EnvoyFilter":
 		return &EnvoyFilter{}, nil
+	case "security.istio.io/v1 PeerAuthentication":
+		return &PeerAuthentication{}, nil
+	case "security.istio.io/v1 AuthorizationPolicy":
+		return &AuthorizationPolicy{}, nil
+	case "gateway.networking.k8s.io/v1 BackendTLSPolicy":
+		return &gwapiv1.BackendTLSPolicy{}, nil
+	case "gateway.envoyproxy.io/v1alpha1 EnvoyProxy":
+		return &egv1a1.EnvoyProxy{}, nil
 	}
 	return nil, fmt.Errorf("%s %s: not a kind these manifests use", apiVersion, kind)
 }
@@ -91,19 +116,34 @@ func Parse(data []byte) ([]any, error) {
 }
 
 func strict(js []byte, obj any) error {
-	if ef, ok := obj.(*EnvoyFilter); ok {
-		var raw struct {
-			metav1.TypeMeta   `json:",inline"`
-			metav1.ObjectMeta `json:"metadata"`
-			Spec              json.RawMessage `json:"spec"`
-		}
-		if err := decodeStrict(js, &raw); err != nil {
-			return err
-		}
-		ef.TypeMeta, ef.ObjectMeta, ef.Spec = raw.TypeMeta, raw.ObjectMeta, &istioapi.EnvoyFilter{}
-		return protojson.Unmarshal(raw.Spec, ef.Spec)
+	var raw struct {
+		metav1.TypeMeta   `json:",inline"`
+		metav1.ObjectMeta `json:"metadata"`
+		Spec              json.RawMessage `json:"spec"`
 	}
-	return decodeStrict(js, obj)
+	var spec proto.Message
+	switch o := obj.(type) {
+	case *EnvoyFilter:
+		o.Spec = &istioapi.EnvoyFilter{}
+		spec = o.Spec
+		defer func() { o.TypeMeta, o.ObjectMeta = raw.TypeMeta, raw.ObjectMeta }()
+	case *PeerAuthentication:
+		o.Spec = &istiosec.PeerAuthentication{}
+		spec = o.Spec
+		defer func() { o.TypeMeta, o.ObjectMeta = raw.TypeMeta, raw.ObjectMeta }()
+	case *AuthorizationPolicy:
+		o.Spec = &istiosec.AuthorizationPolicy{}
+		spec = o.Spec
+		defer func() { o.TypeMeta, o.ObjectMeta = raw.TypeMeta, raw.ObjectMeta }()
+	default:
+		return decodeStrict(js, obj)
+	}
+	// Istio's specs are protos: protojson refuses unknown fields, which the
+	// client types' own decoders accept.
+	if err := decodeStrict(js, &raw); err != nil {
+		return err
+	}
+	return protojson.Unmarshal(raw.Spec, spec)
 }
 
 func decodeStrict(js []byte, obj any) error {

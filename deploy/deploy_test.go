@@ -19,7 +19,12 @@ var files = []string{
 	"envoy-gateway/patch-policy-original-dst.yaml",
 	"istio/envoyfilter.yaml",
 	"envoy-gateway/patch-policy-failure-reports.yaml",
+	"istio/mtls.yaml",
 }
+
+// tlsFiles go with a coord-extproc that serves TLS (tls_test.go): checked
+// with the chart's TLS rendering instead of the plain manifest.
+var tlsFiles = []string{"envoy-gateway/backend-tls.yaml"}
 
 var serverEnv = sync.OnceValues(func() ([]string, error) {
 	// The variables the real server documents in --help.
@@ -66,8 +71,8 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 10 {
-		t.Fatalf("%d objects decoded, want 10", len(objs))
+	if len(objs) != 12 {
+		t.Fatalf("%d objects decoded, want 12", len(objs))
 	}
 	if err := Check(objs, server(t)); err != nil {
 		t.Fatal(err)
@@ -77,7 +82,7 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 	found, _ := filepath.Glob("*/*.yaml")
 	found = slices.DeleteFunc(found, func(f string) bool { return f == "observability/alerts.yaml" })
 	slices.Sort(found)
-	want := slices.Clone(files)
+	want := append(slices.Clone(files), tlsFiles...)
 	slices.Sort(want)
 	if !slices.Equal(found, want) {
 		t.Fatalf("manifests %v, checked %v", found, want)
@@ -88,7 +93,7 @@ func TestManifestsDecodeStrictlyAndAgree(t *testing.T) {
 // in each project's type, in an embedded Envoy fragment) and every piece
 // of wiring.
 func TestBrokenCopiesFail(t *testing.T) {
-	k8s, eg, patch, istio, reports := files[0], files[1], files[2], files[3], files[4]
+	k8s, eg, patch, istio, reports, mtls := files[0], files[1], files[2], files[3], files[4], files[5]
 	tests := []struct{ file, name, from, to, want string }{
 		{k8s, "unknown Deployment field", "  replicas: 2", "  replica: 2", `unknown field "replica"`},
 		{k8s, "unknown probe field", "grpc: { port: 9002 }\n          periodSeconds: 2", "grpc: { port: 9002, service: x, sevice: y }\n          periodSeconds: 2", `unknown field "sevice"`},
@@ -132,6 +137,12 @@ func TestBrokenCopiesFail(t *testing.T) {
 		{reports, "EG failure reports to another cluster", "extproc/0", "extproc/1", "want the coord-extproc cluster"},
 		{reports, "EG failure reports not on the router", "@.name == 'envoy.filters.http.router'", "@.name == 'envoy.filters.http.ext_proc'", "router's typed_config"},
 		{reports, "EG failure reports without UC", "flags: [UF, UC]", "flags: [UF]", "want exactly"},
+		{mtls, "unknown PeerAuthentication field", "mtls: { mode: STRICT }", "mtls: { mode: STRICT, mod: x }", "mod"},
+		{mtls, "mesh mTLS permissive", "mtls: { mode: STRICT }", "mtls: { mode: PERMISSIVE }", "not STRICT"},
+		{mtls, "gRPC port permissive", `"9090": { mode: PERMISSIVE }`, `"9002": { mode: PERMISSIVE }`, "not STRICT"},
+		{mtls, "any mesh workload may call", "    - source:\n        principals: [\"cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account\"]\n", "    - source:\n        namespaces: [istio-system]\n", "without naming the callers' principals"},
+		{mtls, "metrics rule opens gRPC", `ports: ["9090"]`, `ports: ["9090", "9002"]`, "without naming the callers' principals"},
+		{mtls, "no authorization policy", "action: ALLOW", "action: AUDIT", "no ALLOW AuthorizationPolicy"},
 	}
 	srv := server(t)
 	for _, tt := range tests {
