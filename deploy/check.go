@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -165,6 +166,7 @@ func (m *manifests) checkDeployment(d *appsv1.Deployment, s Server, fail func(st
 	}
 	m.checkNetworkPolicy(d, grpcPort, fail)
 	m.checkTLSWiring(d, env, grpcPort, fail)
+	checkGrace(d, env, s, fail)
 	checkProbes(d, c, env, grpcPort, fail)
 	checkSecretFiles(d, c, env, fail)
 	sc, psc := c.SecurityContext, pod.Spec.SecurityContext
@@ -426,5 +428,29 @@ func (m *manifests) checkEnvoyFilter(f *EnvoyFilter, s Server, fail func(string,
 	host := strings.Split(parts[3], ".")
 	if len(host) < 2 || m.service(host[1], host[0]) == nil || parts[1] != strconv.Itoa(int(s.Port)) {
 		fail("EnvoyFilter %s: gRPC cluster %q is not coord-extproc's Service on port %d", f.Name, grpcCluster, s.Port)
+	}
+}
+
+// checkGrace: Kubernetes must not kill the pod before the server's own
+// grace is over: create/delete streams wait for the upstream that long.
+func checkGrace(d *appsv1.Deployment, env map[string]corev1.EnvVar, s Server, fail func(string, ...any)) {
+	grace := s.StreamGrace
+	if v := env["COORD_SHUTDOWN_GRACE"].Value; v != "" {
+		g, err := time.ParseDuration(v)
+		if err != nil {
+			fail("Deployment %s: COORD_SHUTDOWN_GRACE %q: %v", d.Name, v, err)
+			return
+		}
+		grace = g
+	}
+	if grace < s.StreamGrace {
+		fail("Deployment %s: COORD_SHUTDOWN_GRACE %s is shorter than the configs' route timeouts allow (%s): create/delete streams would be cut", d.Name, grace, s.StreamGrace)
+	}
+	period := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	if p := d.Spec.Template.Spec.TerminationGracePeriodSeconds; p != nil {
+		period = *p
+	}
+	if time.Duration(period)*time.Second <= grace {
+		fail("Deployment %s: terminationGracePeriodSeconds %d must exceed the server's shutdown grace %s, or Kubernetes kills it while create/delete streams still wait", d.Name, period, grace)
 	}
 }

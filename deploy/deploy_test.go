@@ -107,6 +107,7 @@ func TestBrokenCopiesFail(t *testing.T) {
 		{k8s, "Valkey URL not from a Secret", "valueFrom:\n            secretKeyRef: { name: coord-valkey, key: url }", `value: "redis://valkey:6379"`, "Secret"},
 		{k8s, "GOMEMLIMIT", "resourceFieldRef: { resource: limits.memory, divisor: \"1\" }", "resourceFieldRef: { resource: requests.memory, divisor: \"1\" }", "GOMEMLIMIT"},
 		{k8s, "probe port", "readinessProbe:\n          grpc: { port: 9002 }", "readinessProbe:\n          grpc: { port: 9090 }", "readiness probe"},
+		{k8s, "killed before the grace", "terminationGracePeriodSeconds: 40", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds 30"},
 		{k8s, "writable root", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "readOnlyRootFilesystem"},
 		{k8s, "pass rule", "action: route_lock", "action: route_lock\n      - name: rest\n        action: pass", "passes requests"},
 		{k8s, "routes file not mounted", "value: /etc/coord-extproc/routes.yaml", "value: /etc/routes.yaml", "not a key of a mounted ConfigMap"},

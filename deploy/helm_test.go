@@ -143,6 +143,8 @@ func TestChartBrokenValuesFail(t *testing.T) {
 		{"no NetworkPolicy", "networkPolicy: { enabled: false }", "no NetworkPolicy selects its pods"},
 		{"gRPC port open to a namespace", "networkPolicy: { gateways: [{ namespace: envoy-gateway-system, podLabels: {} }] }", "more than named gateway pods"},
 		{"unknown variable", "extraEnv: [{ name: COORD_UPSTREAM_CIDR, value: 10.0.0.0/8 }]", "COORD_UPSTREAM_CIDR"},
+		{"grace shorter than the route timeouts", "extraEnv: [{ name: COORD_SHUTDOWN_GRACE, value: 15s }]", "create/delete streams would be cut"},
+		{"killed before the grace", "terminationGracePeriodSeconds: 35", "terminationGracePeriodSeconds 35"},
 		{"no memory limit", "resources: { limits: { memory: \"0\" } }", "GOMEMLIMIT"},
 		{"a value misspelt", "tls: { secretname: x }", "secretname"},
 		{"a section misspelt", "netwrkPolicy: { enabled: false }", "netwrkPolicy"},

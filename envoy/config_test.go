@@ -92,6 +92,9 @@ func TestWiringChecksFail(t *testing.T) {
 		{"envoy.yaml", "failure reports unfiltered", "response_flag_filter: { flags: [UF, UC] }", "status_code_filter: { comparison: { op: GE, value: { default_value: 500, runtime_key: x } } }", "response_flag_filter"},
 		{"envoy-ext-authz.yaml", "failure reports elsewhere", "envoy_grpc: { cluster_name: coord_extproc }\n                    buffer_size_bytes", "envoy_grpc: { cluster_name: pods }\n                    buffer_size_bytes", "want the coord-extproc cluster"},
 		{"envoy-ext-authz.yaml", "default circuit breaker", "      - priority: DEFAULT\n        max_requests: 100000\n    load_assignment:\n      cluster_name: coord_extproc", "      - priority: HIGH\n        max_requests: 100000\n    load_assignment:\n      cluster_name: coord_extproc", "max_requests 1024"},
+		{"envoy.yaml", "route timeout past the grace", "timeout: 30s", "timeout: 60s", "cut at a connection rotation"},
+		{"envoy.yaml", "route without timeout", "timeout: 30s", "timeout: 0s", "cut at a connection rotation"},
+		{"envoy-compose.yaml", "compose route timeout", "timeout: 30s", "timeout: 36s", "cut at a connection rotation"},
 		{"envoy.yaml", "gRPC requests capped", "max_requests: 100000", "max_requests: 1000", "max_requests 1000"},
 		{"envoy-compose.yaml", "compose failure reports v2", "transport_api_version: V3", "transport_api_version: AUTO", "V3"},
 	}

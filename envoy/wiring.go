@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	authzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -19,11 +21,15 @@ import (
 type Wiring struct {
 	EndpointHeader string // the header and metadata key the server writes
 	Port           uint32 // the server's gRPC port
+	// StreamGrace is how long the server lets a stream outlive a
+	// connection rotation or its shutdown (--shutdown-grace): ext_proc
+	// routes must time out sooner (extproc.DefaultStreamGrace).
+	StreamGrace time.Duration
 }
 
 // Defaults is the server's own defaults.
 func Defaults() Wiring {
-	return Wiring{EndpointHeader: extproc.DefaultEndpointHeader, Port: extproc.DefaultPort}
+	return Wiring{EndpointHeader: extproc.DefaultEndpointHeader, Port: extproc.DefaultPort, StreamGrace: extproc.DefaultStreamGrace}
 }
 
 // AuthzMetadataNamespace is where Envoy files an ext_authz answer's dynamic
@@ -116,6 +122,11 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 	}
 	for _, vh := range vhs {
 		for _, rt := range vh.GetRoutes() {
+			if _, ok := r.Filter.(*extprocv3.ExternalProcessor); ok {
+				if err := checkRouteTimeout(rt, w); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			name := rt.GetRoute().GetCluster()
 			c := r.Clusters[name]
 			if c.GetType() != clusterv3.Cluster_ORIGINAL_DST {
@@ -207,4 +218,23 @@ func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any))
 			}
 		}
 	}
+}
+
+// DefaultRouteTimeout is Envoy's route timeout when none is set
+// (RouteAction.timeout).
+const DefaultRouteTimeout = 15 * time.Second
+
+// checkRouteTimeout: a create or delete ext_proc stream lives until the
+// upstream answers, so the route must give up before the server cuts the
+// stream at a connection rotation or shutdown (w.StreamGrace); a timeout
+// of 0 (none) could outlive any grace.
+func checkRouteTimeout(rt *routev3.Route, w Wiring) error {
+	t := DefaultRouteTimeout
+	if d := rt.GetRoute().GetTimeout(); d != nil {
+		t = d.AsDuration()
+	}
+	if t == 0 || t >= w.StreamGrace {
+		return fmt.Errorf("route %v: timeout %s: a create/delete stream waiting for the upstream would be cut at a connection rotation or shutdown (the server's grace is %s); set a route timeout below it, or raise --shutdown-grace", rt.GetMatch(), t, w.StreamGrace)
+	}
+	return nil
 }

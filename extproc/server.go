@@ -25,6 +25,14 @@ const (
 	DefaultBodyLimit      = 64 << 10
 	// DefaultPort is the gRPC port both APIs are served on.
 	DefaultPort = 9002
+	// DefaultStreamGrace is how long a stream may outlive its connection's
+	// rotation or the server's shutdown. A create or delete stream lives
+	// until the upstream answers — the binding is written on that answer —
+	// so the grace must exceed the longest route timeout of those routes
+	// (30 s in the shipped configs; envoy.CheckWiring holds them to it): a
+	// stream cut earlier fails the request closed (500) although the
+	// upstream may have done the work.
+	DefaultStreamGrace = 35 * time.Second
 	// MemberHeader tells the pod which member id it was picked as.
 	MemberHeader = "x-coordinator-member"
 	// MetadataNamespace is where ext_proc answers carry the endpoint as

@@ -163,3 +163,58 @@ func postChunks(t *testing.T, url string, chunks [][]byte, trailers bool) ([]byt
 	}
 	return b, resp.Trailer, resp.StatusCode
 }
+
+// Issue #25 finding 2: a create or delete stream lives until the upstream
+// answers (the binding is written on that answer), so it must outlive a
+// connection rotation and a SIGTERM for as long as the pod works:
+// --shutdown-grace bounds both (grpc-go's MaxConnectionAgeGrace and the
+// graceful stop). With a grace shorter than the pod's work the stream is
+// cut and Envoy, failing closed, answers 500 although the pod created the
+// tenant — what the default grace (35 s, above the shipped 30 s route
+// timeout) prevents.
+func TestLongCreateDeleteOutliveRotationAndShutdown(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, grace string
+		survives    bool
+	}{
+		{"grace above the pod's work", "5s", true},
+		{"grace below the pod's work", "300ms", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newStack(t, stackOptions{coordArgs: []string{"--max-connection-age", "300ms", "--shutdown-grace", tc.grace}})
+			a := s.do(0, "POST", "/tenants?delay=1500ms", `{"tenantId":"slow"}`)
+			if !tc.survives {
+				if a.status != 500 {
+					t.Fatalf("create across a rotation with a short grace: %d %s, want the stream cut (500)", a.status, a.raw)
+				}
+				return
+			}
+			if a.status != 201 || a.servedBy == "" {
+				t.Fatalf("create across a rotation: %d %s %v", a.status, a.raw, a.err)
+			}
+			if got := s.smembers("coordinator:destination:slow"); len(got) != 1 || got[0] != a.servedBy {
+				t.Fatalf("binding after a long create: %v, want [%s]", got, a.servedBy)
+			}
+			if d := s.do(0, "DELETE", "/tenants/slow?delay=1500ms", ""); d.status != 204 {
+				t.Fatalf("delete across a rotation: %d %s %v", d.status, d.raw, d.err)
+			}
+			waitFor(t, time.Second, "binding removed by the long delete", func() bool { return len(s.smembers("coordinator:destination:slow")) == 0 })
+
+			// coord-extproc is told to stop while the pod creates.
+			done := make(chan answer, 1)
+			go func() { done <- s.do(0, "POST", "/tenants?delay=1500ms", `{"tenantId":"slow2"}`) }()
+			// Its stream stays open until the pod answers.
+			waitFor(t, 2*time.Second, "the create's stream open", func() bool { return s.metric(s.coords[0], "coord_extproc_grpc_streams_open") > 0 })
+			s.coords[0].proc.signal(syscall.SIGTERM)
+			if a := <-done; a.status != 201 || a.servedBy == "" {
+				t.Fatalf("create across coord-extproc's shutdown: %d %s %v", a.status, a.raw, a.err)
+			}
+			if got := s.smembers("coordinator:destination:slow2"); len(got) != 1 {
+				t.Fatalf("binding after a create across the shutdown: %v", got)
+			}
+			s.coords[0].proc.exited(t, 5*time.Second)
+		})
+	}
+}

@@ -162,12 +162,8 @@ func (p *pod) tracked(h func(http.ResponseWriter, *http.Request, string)) http.H
 			}()
 			p.log.Info("adopted destination", "tenant", tenant)
 		}
-		if d, err := time.ParseDuration(r.URL.Query().Get("delay")); err == nil && d > 0 && d <= 10*time.Second {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			}
+		if !delayed(r) {
+			return
 		}
 		// ?status=5xx plays an application that fails every request while
 		// its process is fine: not a pod failure (SPEC §8.1).
@@ -179,7 +175,25 @@ func (p *pod) tracked(h func(http.ResponseWriter, *http.Request, string)) http.H
 	}
 }
 
+// delayed honours ?delay= (up to 10 s) to simulate slow work; false when
+// the client went away meanwhile.
+func delayed(r *http.Request) bool {
+	d, err := time.ParseDuration(r.URL.Query().Get("delay"))
+	if err != nil || d <= 0 || d > 10*time.Second {
+		return true
+	}
+	select {
+	case <-time.After(d):
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
 func (p *pod) createTenant(w http.ResponseWriter, r *http.Request) {
+	if !delayed(r) {
+		return
+	}
 	var in struct {
 		TenantID string `json:"tenantId"`
 	}
@@ -226,6 +240,9 @@ func (p *pod) createTenant(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *pod) deleteTenant(w http.ResponseWriter, r *http.Request) {
+	if !delayed(r) {
+		return
+	}
 	tenant := r.PathValue("tenant")
 	p.mu.Lock()
 	_, ok := p.tenants[tenant]

@@ -81,7 +81,6 @@ type podCluster struct {
 const (
 	defaultMessageTimeout = 200 * time.Millisecond // ext_proc message_timeout
 	defaultAuthzTimeout   = 200 * time.Millisecond // grpc_service.timeout for ext_authz
-	defaultRouteTimeout   = 15 * time.Second       // route.timeout
 	defaultOriginalDstHdr = "x-envoy-original-dst-host"
 )
 
@@ -236,7 +235,7 @@ func (c *config) readRoutes(rc *routev3.RouteConfiguration) error {
 		if err := unsupported(r.GetRoute(), "cluster", "timeout"); err != nil {
 			return err
 		}
-		timeout := defaultRouteTimeout
+		timeout := envoy.DefaultRouteTimeout
 		if t := r.GetRoute().GetTimeout(); t != nil {
 			timeout = t.AsDuration()
 		}
