@@ -95,6 +95,10 @@ func TestWiringChecksFail(t *testing.T) {
 		{"envoy.yaml", "route timeout past the grace", "timeout: 30s", "timeout: 60s", "cut at a connection rotation"},
 		{"envoy.yaml", "route without timeout", "timeout: 30s", "timeout: 0s", "cut at a connection rotation"},
 		{"envoy-compose.yaml", "compose route timeout", "timeout: 30s", "timeout: 36s", "cut at a connection rotation"},
+		{"envoy.yaml", "body sent without waiting", "allow_mode_override: true", "allow_mode_override: true\n              send_body_without_waiting_for_header_response: true", "send_body_without_waiting"},
+		{"envoy.yaml", "override not allowed", "allow_mode_override: true", "allow_mode_override: true\n              allowed_override_modes: [{ response_header_mode: SEND, response_body_mode: BUFFERED }]", "allowed_override_modes lacks"},
+		{"envoy.yaml", "full duplex without response headers", "request_body_mode: NONE\n                response_body_mode: NONE\n                request_trailer_mode: SKIP", "request_body_mode: FULL_DUPLEX_STREAMED\n                response_body_mode: NONE\n                request_trailer_mode: SEND", "without response_header_mode SEND"},
+		{"envoy.yaml", "route-level full duplex without response headers", "                  timeout: 30s\n", "                  timeout: 30s\n                typed_per_filter_config:\n                  envoy.filters.http.ext_proc:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n                    overrides: { processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND } }\n", "ExtProcPerRoute"},
 		{"envoy.yaml", "gRPC requests capped", "max_requests: 100000", "max_requests: 1000", "max_requests 1000"},
 		{"envoy-compose.yaml", "compose failure reports v2", "transport_api_version: V3", "transport_api_version: AUTO", "V3"},
 	}
@@ -187,5 +191,33 @@ func TestAuthzNamespaceIsFixed(t *testing.T) {
 	}
 	if err := CheckWiring(b, Defaults()); err == nil || !strings.Contains(err.Error(), "metadata_key") {
 		t.Fatalf("metadata_key under the filter's own name: %v, want it refused", err)
+	}
+}
+
+// The server's two overrides listed in allowed_override_modes, and a
+// full-duplex route that sends the response headers, pass: the checks
+// above refuse only what cannot bind.
+func TestLifecycleModesAllowed(t *testing.T) {
+	orig, err := os.ReadFile("envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string][2]string{
+		"both overrides allowed": {"allow_mode_override: true", "allow_mode_override: true\n              allowed_override_modes:\n              - { response_header_mode: SEND, request_trailer_mode: SKIP, response_trailer_mode: SKIP }\n              - { response_header_mode: SEND, response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP }"},
+		"route-level full duplex with response headers": {"                  timeout: 30s\n", "                  timeout: 30s\n                typed_per_filter_config:\n                  envoy.filters.http.ext_proc:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n                    overrides: { processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND, response_header_mode: SEND } }\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			edited := strings.Replace(string(orig), edit[0], edit[1], 1)
+			if edited == string(orig) {
+				t.Fatalf("%q not found", edit[0])
+			}
+			b, err := Parse([]byte(edited))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := CheckWiring(b, Defaults()); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

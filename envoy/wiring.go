@@ -121,6 +121,9 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 		fail("no virtual host")
 	}
 	for _, vh := range vhs {
+		if _, ok := r.Filter.(*extprocv3.ExternalProcessor); ok {
+			checkPerRouteModes(r.HCM.GetHttpFilters()[0].GetName(), vh, fail)
+		}
 		for _, rt := range vh.GetRoutes() {
 			if _, ok := r.Filter.(*extprocv3.ExternalProcessor); ok {
 				if err := checkRouteTimeout(rt, w); err != nil {
@@ -157,6 +160,7 @@ func CheckExtProc(f *extprocv3.ExternalProcessor, w Wiring) error {
 	if pm := f.GetProcessingMode(); pm.GetRequestHeaderMode() == extprocv3.ProcessingMode_SKIP {
 		fail("ext_proc: request headers are not sent")
 	}
+	checkLifecycleModes(f, fail)
 	if !slices.Contains(f.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(), extproc.MetadataNamespace) {
 		fail("ext_proc: metadata_options.receiving_namespaces lacks %q, where the server writes the endpoint", extproc.MetadataNamespace)
 	}

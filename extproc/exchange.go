@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/coord-extproc/coord-extproc/registry"
@@ -29,7 +28,10 @@ type exchange struct {
 	replied  bool // an immediate response was sent: Envoy is done with us
 	req      direction
 	resp     direction
-	held     held
+	// bodyEarly: Envoy sends bodies without waiting for the headers'
+	// answer, and then ignores mode overrides (modeoverride.go).
+	bodyEarly bool
+	held      held
 	// The answers to the message at hand, in order: first, then more
 	// (only a released full-duplex create has more than one).
 	first *extprocv3.ProcessingResponse
@@ -81,6 +83,7 @@ func (x *exchange) answers(send func(*extprocv3.ProcessingResponse) error) error
 func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest) bool {
 	if pc := req.GetProtocolConfig(); pc != nil { // sent once, with Envoy's first message
 		x.req.mode, x.resp.mode = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
+		x.bodyEarly = pc.GetSendBodyWithoutWaitingForHeaderResponse()
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
@@ -134,22 +137,22 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 	}
 	switch o.rule.Action {
 	case route.ActionCreate, route.ActionDelete:
-		// Ask Envoy for the response (mode override): the binding is
-		// written, or deleted, on the upstream's verdict. Envoy ignores
-		// the override when a body mode is FULL_DUPLEX_STREAMED; the
-		// response headers then come if the configuration sends them.
+		// Ask Envoy for the response (mode override) where Envoy takes it:
+		// the binding is written, or deleted, on the upstream's verdict.
+		policy := x.overridePolicy()
+		if policy == overrideUseless {
+			x.done(ResultInvalid, "create/delete refused: Envoy ignores mode_override with send_body_without_waiting_for_header_response, so the binding could not be written")
+			x.replied = true
+			return immediate(500, "Gateway misconfigured for this route", false)
+		}
 		x.awaiting = true
 		resp := x.s.routedHeaders(o)
-		resp.ModeOverride = &filterv3.ProcessingMode{
-			RequestHeaderMode:   filterv3.ProcessingMode_SEND,
-			ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
-			RequestBodyMode:     filterv3.ProcessingMode_NONE,
-			ResponseBodyMode:    filterv3.ProcessingMode_NONE,
-			RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
-			ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
-		}
-		if o.rule.WantsBody() {
-			resp.ModeOverride.ResponseBodyMode = filterv3.ProcessingMode_BUFFERED
+		if policy == overrideSend {
+			headersOnly, withBody := LifecycleModes()
+			resp.ModeOverride = headersOnly
+			if o.rule.WantsBody() {
+				resp.ModeOverride = withBody
+			}
 		}
 		return resp
 	}

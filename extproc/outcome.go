@@ -66,6 +66,8 @@ func decide(ctx context.Context, tbl *route.Table, reg Registry, method, path st
 	switch {
 	case errors.Is(err, route.ErrNoRoute):
 		return outcome{action: actionNone, result: ResultNotFound, status: http.StatusNotFound, message: "No route"}
+	case errors.Is(err, route.ErrInvalidPath):
+		return outcome{action: actionNone, result: ResultInvalid, status: http.StatusBadRequest, message: "Invalid path"}
 	case errors.Is(err, route.ErrInvalidID):
 		return outcome{rule: m.Rule, action: string(m.Rule.Action), result: ResultInvalid, status: http.StatusBadRequest, message: "Invalid id"}
 	}

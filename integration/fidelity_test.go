@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,6 +217,44 @@ func TestLongCreateDeleteOutliveRotationAndShutdown(t *testing.T) {
 				t.Fatalf("binding after a create across the shutdown: %v", got)
 			}
 			s.coords[0].proc.exited(t, 5*time.Second)
+		})
+	}
+}
+
+// Issue #25 finding 4: "/tenants/t1/..;/t2/keys/k". A patched Envoy (the
+// stand-in's default, as 1.40) resolves the segment and the request goes
+// to t2's pod; one without the fix for CVE-2026-73551 (1.37.0–1.37.5,
+// 1.38.0–1.38.3, 1.39.0) forwards the path as is, and coord-extproc
+// refuses it (400) instead of sending t2's request to t1's pod.
+func TestDotSegmentWithParameters(t *testing.T) {
+	t.Parallel()
+	for _, unpatched := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unpatched=%v", unpatched), func(t *testing.T) {
+			t.Parallel()
+			var args []string
+			if unpatched {
+				args = []string{"--unpatched-paths"}
+			}
+			s := newStack(t, stackOptions{gatewayArgs: args})
+			owners := map[string]string{}
+			for i := 0; len(owners) < 2 && i < 20; i++ {
+				id := fmt.Sprintf("t%d", i)
+				if o := s.mustCreate(0, id); !slices.Contains(slices.Collect(maps.Values(owners)), o) {
+					owners[id] = o
+				}
+			}
+			if len(owners) < 2 {
+				t.Fatalf("creates all landed on one pod: %v", owners)
+			}
+			ids := slices.Sorted(maps.Keys(owners))
+			first, second := ids[0], ids[1]
+			a := s.do(0, "GET", "/tenants/"+first+"/..;/"+second+"/keys/k", "")
+			switch {
+			case !unpatched && a.servedBy != owners[second]:
+				t.Fatalf("patched Envoy: served by %q (%d %s), want %s's pod %s", a.servedBy, a.status, a.raw, second, owners[second])
+			case unpatched && (a.status != 400 || a.servedBy != "" || a.str("error") != "Invalid path"):
+				t.Fatalf("unpatched Envoy: %d %s served by %q, want 400 Invalid path from coord-extproc", a.status, a.raw, a.servedBy)
+			}
 		})
 	}
 }

@@ -16,8 +16,8 @@ type Match struct {
 // Match finds the first rule that fits the request. header returns a
 // request header's value ("" when absent) for a lower-case name. A rule
 // that takes its id from a header only matches when that header is
-// present. Errors wrap ErrNoRoute or ErrInvalidID (then the Match names the
-// rule that matched).
+// present. Errors wrap ErrNoRoute, ErrInvalidPath, or ErrInvalidID (then
+// the Match names the rule that matched).
 // RepeatedHeader is what a header lookup passed to Match returns for a
 // header the request carries more than once: the request is then refused
 // (400) rather than routed on one of the values.
@@ -26,6 +26,9 @@ const RepeatedHeader = "\x00repeated"
 func (t *Table) Match(method, path string, header func(name string) string) (Match, error) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
+	}
+	if hasDotSegmentWithParams(path) {
+		return Match{}, ErrInvalidPath
 	}
 	for _, r := range t.Rules {
 		if !r.allows(method) {

@@ -199,3 +199,25 @@ func TestAutomaticNamesAreUnique(t *testing.T) {
 		t.Fatalf("two rules named %q", a)
 	}
 }
+
+// Issue #25 finding 4: a dot segment carrying parameters, which Envoy
+// before 1.36.10/1.37.6/1.38.4/1.39.1 leaves in the path, is refused
+// wherever it is, even by a rule that would take every path; lookalikes
+// are not.
+func TestDotSegmentsWithParametersRefused(t *testing.T) {
+	tbl, err := Parse([]byte(specExample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, refused := range map[string]bool{
+		"/tenants/t1/..;/t2/keys": true, "/tenants/t1/..;x=1/t2/keys": true, "/tenants/t1/%2e%2e;/t2": true,
+		"/tenants/t1/.%2E;a/t2": true, "/tenants/t1/.;/keys": true, "/other/..;": true, "/tenants/t1/%2E;b": true,
+		"/tenants/t1/...;/t2": false, "/tenants/t1/a;b/keys": false, "/tenants/t1/keys/..x;y": false,
+		"/tenants/t1/keys?next=/..;/t2": false, "/tenants/t1/%2e%2e%2e;/t2": false,
+	} {
+		_, err := tbl.Match("GET", path, headers())
+		if got := errors.Is(err, ErrInvalidPath); got != refused {
+			t.Errorf("Match(%q): %v, refused %v, want %v", path, err, got, refused)
+		}
+	}
+}

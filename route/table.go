@@ -31,6 +31,9 @@ const DefaultIDPattern = `^[A-Za-z0-9_.:-]{1,128}$`
 var (
 	ErrNoRoute   = errors.New("no route")
 	ErrInvalidID = errors.New("invalid id")
+	// ErrInvalidPath: a path segment some Envoy versions do not resolve
+	// (dotparams.go).
+	ErrInvalidPath = errors.New("dot segment with parameters in the path")
 )
 
 // Rule is one entry of the table, as written in the file.

@@ -28,10 +28,12 @@ type config struct {
 	listen string
 	api    string // "ext_proc" or "ext_authz"
 	grpc   upstream
-	// legacy plays Envoy 1.34–1.36 where it differs in ways the server
-	// depends on: the ext_proc stream stays open until the HTTP request
-	// ends, and a spurious answer drops the processor instead of failing
-	// the request. Otherwise the stand-in plays envoy.Version.
+	// legacy plays Envoy 1.34 where it differs in ways the server depends
+	// on: the ext_proc stream stays open until the HTTP request ends (1.35
+	// and 1.36 too), and a spurious answer drops the processor instead of
+	// failing the request (1.35 and later fail it closed:
+	// ext_proc_fail_close_spurious_resp). Otherwise the stand-in plays
+	// envoy.Version.
 	legacy bool
 
 	// ext_proc (envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor)

@@ -52,7 +52,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "envoy/envoy.yaml", "Envoy bootstrap to play")
-	version := fs.String("envoy-version", envoy.Version, "Envoy release to play: "+envoy.Version+", or 1.34 for the 1.34–1.36 behaviour (stream kept to the request's end, spurious answers drop the processor)")
+	unpatchedPaths := fs.Bool("unpatched-paths", false, "play an Envoy without the fix for CVE-2026-73551 (before 1.36.10, 1.37.6, 1.38.4, 1.39.1): dot segments with ;parameters are not resolved")
+	version := fs.String("envoy-version", envoy.Version, "Envoy release to play: "+envoy.Version+", or 1.34 for the 1.34 behaviour (stream kept to the request's end, as on 1.35–1.36 too; spurious answers drop the processor, where 1.35 and later fail the request closed)")
 	listen := fs.String("listen", "", "override the listener address (default: the bootstrap's)")
 	coord := fs.String("coord-extproc", "", "override the coord_extproc cluster's endpoints: host:port[,host:port...] (default: the bootstrap's); streams are spread round-robin, as the cluster's lb_policy")
 	verbose := fs.Bool("v", false, "log every local reply")
@@ -79,6 +80,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--envoy-version %q: the stand-in plays %s or 1.34", *version, envoy.Version)
 	}
+	cfg.paths.keepDotParams = *unpatchedPaths
 	if *listen != "" {
 		cfg.listen = *listen
 	}

@@ -18,6 +18,10 @@ type pathPolicy struct {
 	rejectEscapedSlashes bool
 	normalize            bool
 	mergeSlashes         bool
+	// keepDotParams plays Envoy before CVE-2026-73551's fix (1.37.0–1.37.5,
+	// 1.38.0–1.38.3, 1.39.0): "." and ".." carrying ";parameters" are not
+	// dot segments and stay in the path.
+	keepDotParams bool
 }
 
 // apply returns the path Envoy would route and forward, or ok=false where
@@ -32,7 +36,7 @@ func (p pathPolicy) apply(raw string) (string, bool) {
 	}
 	if p.normalize {
 		var ok bool
-		if path, ok = canonicalPath(path); !ok {
+		if path, ok = canonicalPath(path, p.keepDotParams); !ok {
 			return "", false
 		}
 	}
@@ -54,7 +58,7 @@ func (p pathPolicy) apply(raw string) (string, bool) {
 // ";parameters", ".." stops at the root, a trailing dot segment leaves a
 // trailing "/", other escapes are kept as sent, and a NUL or a malformed
 // escape makes the path invalid.
-func canonicalPath(path string) (string, bool) {
+func canonicalPath(path string, keepDotParams bool) (string, bool) {
 	for i := 0; i < len(path); i++ {
 		if path[i] != '%' {
 			continue
@@ -68,7 +72,10 @@ func canonicalPath(path string) (string, bool) {
 	out := make([]string, 0, len(segs))
 	trailing := false
 	for _, s := range segs {
-		name, _, _ := strings.Cut(strings.ReplaceAll(strings.ReplaceAll(s, "%2E", "."), "%2e", "."), ";")
+		name, _, params := strings.Cut(strings.ReplaceAll(strings.ReplaceAll(s, "%2E", "."), "%2e", "."), ";")
+		if params && keepDotParams {
+			name = s // not a dot segment to an unpatched Envoy
+		}
 		switch name {
 		case ".":
 			trailing = true

@@ -27,3 +27,17 @@ func TestPathPolicyMirrorsEnvoy(t *testing.T) {
 		t.Errorf("with every setting off the path must pass untouched, got %q", got)
 	}
 }
+
+// Before CVE-2026-73551's fix Envoy leaves dot segments with parameters
+// in the path (--unpatched-paths plays it); plain ones it still resolves.
+func TestUnpatchedEnvoyKeepsDotSegmentsWithParameters(t *testing.T) {
+	p := pathPolicy{normalize: true, keepDotParams: true}
+	for in, want := range map[string]string{
+		"/tenants/t1/..;/t2/keys": "/tenants/t1/..;/t2/keys", "/xyz/.;foo=bar/abc": "/xyz/.;foo=bar/abc",
+		"/a/b/../c": "/a/c", "/a/%2E%2E;x/b": "/a/%2E%2E;x/b",
+	} {
+		if got, ok := p.apply(in); !ok || got != want {
+			t.Errorf("apply(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+}
