@@ -203,7 +203,7 @@ func TestLifecycleModesAllowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, edit := range map[string][2]string{
-		"both overrides allowed": {"allow_mode_override: true", "allow_mode_override: true\n              allowed_override_modes:\n              - { response_header_mode: SEND, request_trailer_mode: SKIP, response_trailer_mode: SKIP }\n              - { response_header_mode: SEND, response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP }"},
+		"both overrides allowed":                        {"allow_mode_override: true", "allow_mode_override: true\n              allowed_override_modes:\n              - { response_header_mode: SEND, request_trailer_mode: SKIP, response_trailer_mode: SKIP }\n              - { response_header_mode: SEND, response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP }"},
 		"route-level full duplex with response headers": {"                  timeout: 30s\n", "                  timeout: 30s\n                typed_per_filter_config:\n                  envoy.filters.http.ext_proc:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n                    overrides: { processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND, response_header_mode: SEND } }\n"},
 	} {
 		t.Run(name, func(t *testing.T) {
