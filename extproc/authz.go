@@ -82,12 +82,12 @@ func (a *Authz) Check(ctx context.Context, req *authv3.CheckRequest) (resp *auth
 }
 
 // authzHeader is a header for ext_authz, which reads `value` (not
-// raw_value, unlike ext_proc).
+// raw_value, unlike ext_proc) and, for request headers, only the append
+// flag: unset sets the header, overwriting what the client sent
+// (ext_authz_grpc_impl.cc, copyHeaderFieldIntoResponse). append_action is
+// not read there, so none is sent.
 func authzHeader(key, value string) *corev3.HeaderValueOption {
-	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: key, Value: value},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-	}
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value}}
 }
 
 func denied(o *outcome) *authv3.CheckResponse {

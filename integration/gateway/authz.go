@@ -73,27 +73,16 @@ func (g *gateway) authorize(ctx context.Context, r *http.Request, h *headerMap) 
 	return meta, nil
 }
 
+// applyAuthzHeader applies one of an OK answer's request headers as
+// Envoy does (ext_authz_grpc_impl.cc, copyHeaderFieldIntoResponse): only
+// the deprecated append flag is read — true appends, false or unset sets,
+// overwriting — and append_action is ignored (it is read only for
+// response_headers_to_add).
 func applyAuthzHeader(h *headerMap, o *corev3.HeaderValueOption) {
 	name, value := strings.ToLower(o.GetHeader().GetKey()), o.GetHeader().GetValue()
-	_, exists := h.get(name)
-	switch o.GetAppendAction() {
-	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
-		// Unset action: the deprecated append flag, which ext_authz
-		// defaults to false (set) for request headers.
-		if o.GetAppend().GetValue() {
-			h.add(name, value)
-		} else {
-			h.set(name, value)
-		}
-	case corev3.HeaderValueOption_ADD_IF_ABSENT:
-		if !exists {
-			h.add(name, value)
-		}
-	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+	if o.GetAppend().GetValue() {
+		h.add(name, value)
+	} else {
 		h.set(name, value)
-	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
-		if exists {
-			h.set(name, value)
-		}
 	}
 }
