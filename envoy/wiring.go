@@ -108,6 +108,7 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 			fail("ext_authz: want failure_mode_allow false and a grpc_service.timeout")
 		}
 	}
+	checkOriginalDstFallbacks(b, fail)
 	if err := CheckFailureReports(r.HCM.GetHttpFilters()[1].GetTypedConfig(), grpcCluster); err != nil {
 		errs = append(errs, err)
 	}

@@ -91,6 +91,19 @@ func fromBootstrap(b *bootstrapv3.Bootstrap) (*config, error) {
 	if len(ls) != 1 {
 		return nil, errors.New("the stand-in supports exactly one listener")
 	}
+	// Only what the stand-in plays: a restored original destination
+	// (use_original_dst, listener filters) or a filter before the HTTP
+	// connection manager (one could set the ORIGINAL_DST filter state)
+	// would give chooseHost other sources than the metadata.
+	if err := unsupported(ls[0], "name", "address", "filter_chains"); err != nil {
+		return nil, err
+	}
+	if fcs := ls[0].GetFilterChains(); len(fcs) != 1 || len(fcs[0].GetFilters()) != 1 {
+		return nil, errors.New("the stand-in plays one filter chain holding only the http_connection_manager")
+	}
+	if err := unsupported(ls[0].GetFilterChains()[0], "filters"); err != nil {
+		return nil, err
+	}
 	sa := ls[0].GetAddress().GetSocketAddress()
 	c := &config{listen: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))), clusters: map[string]*podCluster{}}
 	r, err := envoy.ReadRouting(b)
