@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -256,5 +258,31 @@ func TestDotSegmentWithParameters(t *testing.T) {
 				t.Fatalf("unpatched Envoy: %d %s served by %q, want 400 Invalid path from coord-extproc", a.status, a.raw, a.servedBy)
 			}
 		})
+	}
+}
+
+// Issue #25 finding 8: a '#' in the request target is a 400 from Envoy
+// itself (http_reject_path_with_fragment): it never reaches coord-extproc
+// or a pod. Sent raw: Go's client would strip the fragment.
+func TestFragmentInPathIsRefused(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{pods: 1})
+	owner := s.mustCreate(0, "frag")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.gws[0], "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, "GET /tenants/frag/keys/k#x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 || resp.Header.Get("X-Served-By") != "" {
+		t.Fatalf("a path with a fragment: %d served by %q, want 400 from the gateway (owner %s)", resp.StatusCode, resp.Header.Get("X-Served-By"), owner)
 	}
 }

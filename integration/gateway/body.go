@@ -141,6 +141,9 @@ func (b *body) finishTrailers(ctx context.Context, t http.Header, send bool) *lo
 		if r := b.p.handle(resp, b.s.trailers, &tm); r != nil {
 			return r
 		}
+		if b.s == responseSide {
+			b.p.lastResponse()
+		}
 	}
 	b.outTrailers = tm.httpHeader()
 	return nil
@@ -377,6 +380,9 @@ func (st *stream) receiveStreamed(ctx context.Context) {
 	if failed {
 		return
 	}
+	if st.s == responseSide && !(len(t) > 0 && st.s.sendsTrailers(st.p.mode)) {
+		st.p.lastResponse() // the last chunk's answer was the last one
+	}
 	if r := st.finishTrailers(ctx, t, st.s.sendsTrailers(st.p.mode)); r != nil {
 		st.fail(r)
 	}
@@ -400,6 +406,9 @@ func (st *stream) receiveDuplex(ctx context.Context) {
 				return
 			}
 			st.outTrailers = tm.httpHeader()
+			if st.s == responseSide {
+				st.p.lastResponse()
+			}
 			return
 		}
 		c, ok := common(resp, st.s.body)
@@ -412,6 +421,9 @@ func (st *stream) receiveDuplex(ctx context.Context) {
 			return
 		}
 		if sr.GetEndOfStream() {
+			if st.s == responseSide { // isLastBodyResponse: streamed_response.end_of_stream
+				st.p.lastResponse()
+			}
 			return
 		}
 	}

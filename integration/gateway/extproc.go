@@ -65,6 +65,18 @@ func (p *processor) finish() {
 	}
 }
 
+// lastResponse is Filter::closeGrpcStreamIfLastRespReceived (Envoy 1.37+,
+// ext_proc_stream_close_optimization): once the answer that ends the
+// response path has arrived — the response headers' with no body or trailers
+// still to send, the last streamed or full-duplex chunk's, the trailers' —
+// Envoy closes the stream. Never after a BUFFERED or BUFFERED_PARTIAL body
+// answer: there the server must end the stream (isLastBodyResponse).
+func (p *processor) lastResponse() {
+	if !p.g.cfg.legacy {
+		p.finish()
+	}
+}
+
 // send opens the stream lazily (Filter::openStream) and sends one
 // message; the first carries protocol_config (Filter::encodeProtocolConfig).
 // A failure to open or send is onGrpcError.

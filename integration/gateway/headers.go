@@ -15,9 +15,14 @@ type headerMap []header
 type header struct{ key, value string }
 
 // requestHeaders builds the map Envoy's HTTP/1 codec hands the filter
-// chain: :authority, :path, :method, :scheme, then the headers as sent.
+// chain: :authority, :path (the request target as sent), :method,
+// :scheme, then the headers as sent.
 func requestHeaders(r *http.Request) headerMap {
-	h := headerMap{{":authority", r.Host}, {":path", r.URL.RequestURI()}, {":method", r.Method}, {":scheme", "http"}}
+	path := r.RequestURI
+	if path == "" { // a request not read from the wire (tests)
+		path = r.URL.RequestURI()
+	}
+	h := headerMap{{":authority", r.Host}, {":path", path}, {":method", r.Method}, {":scheme", "http"}}
 	for k, vs := range r.Header {
 		for _, v := range vs {
 			h = append(h, header{strings.ToLower(k), v})

@@ -27,6 +27,11 @@ type pathPolicy struct {
 // apply returns the path Envoy would route and forward, or ok=false where
 // Envoy answers 400 itself.
 func (p pathPolicy) apply(raw string) (string, bool) {
+	if strings.ContainsRune(raw, '#') {
+		// A fragment in the request target is a 400 before anything else
+		// (http_reject_path_with_fragment, on by default).
+		return "", false
+	}
 	path, query, hasQuery := strings.Cut(raw, "?")
 	if p.rejectEscapedSlashes {
 		l := strings.ToLower(path)

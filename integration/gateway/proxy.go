@@ -242,6 +242,10 @@ func (g *gateway) path(ctx context.Context, b *body, hasBody bool, length int64,
 		if reply != nil {
 			return nil, reply
 		}
+		if ph == phaseResponseHeaders && st == nil &&
+			(!hasBody || b.s.bodyMode(p.mode) == filterv3.ProcessingMode_NONE && !b.s.sendsTrailers(p.mode)) {
+			p.lastResponse()
+		}
 	}
 	if st == nil && (!hasBody || p.isComplete()) {
 		return passThrough(b.src, length, b.trailers), nil
