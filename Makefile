@@ -15,11 +15,8 @@ deps: ## install valkey-server and valkey-sentinel if missing (Debian: bookworm-
 build: ## build bin/coord-extproc
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/coord-extproc
 
-test: deps ## unit and end-to-end tests with the race detector (real valkey-server), deploy/ checks, alert rules
-	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 12m $(PKGS)
-	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
-	promtool check rules deploy/observability/alerts.yaml
+test: deps ## unit and end-to-end tests with the race detector (real valkey-server), deploy/ checks (Envoy Gateway's egctl, Helm), alert rules
+	GO=$(GO) scripts/test.sh
 
 bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, report in bench/results
 	$(GO) build -o bin/ceiling ./bench/ceiling

@@ -266,6 +266,11 @@ func (m *manifests) checkExtensionPolicy(p *egv1a1.EnvoyExtensionPolicy, s Serve
 			fail("EnvoyExtensionPolicy %s: backendRef %s/%s:%v is not coord-extproc's Service on %d", p.Name, ns, ref.Name, ref.Port, s.Port)
 		}
 	}
+	// Each request's stream is one request on the extension's cluster;
+	// Envoy's default circuit breaker allows 1024 at once.
+	if bs := x.BackendSettings; bs == nil || bs.CircuitBreaker == nil || bs.CircuitBreaker.MaxParallelRequests == nil || *bs.CircuitBreaker.MaxParallelRequests < 10000 {
+		fail("EnvoyExtensionPolicy %s: backendSettings.circuitBreaker.maxParallelRequests must be 10000 or more: each ext_proc stream is a request on the extension's cluster, and Envoy's default allows 1024", p.Name)
+	}
 	pm := x.ProcessingMode
 	if pm == nil || pm.Request == nil || !pm.AllowModeOverride {
 		fail("EnvoyExtensionPolicy %s: processingMode.request must be set (else nothing is sent) and allowModeOverride true (create/delete)", p.Name)
