@@ -4,7 +4,7 @@ BIN     := bin/coord-extproc
 PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help deps build test bench fuzz lint demo clean
+.PHONY: help deps build test test-istio bench fuzz lint demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
@@ -17,6 +17,9 @@ build: ## build bin/coord-extproc
 
 test: deps ## unit and end-to-end tests with the race detector (real valkey-server), deploy/ checks (Envoy Gateway's egctl, Helm), alert rules
 	GO=$(GO) scripts/test.sh
+
+test-istio: ## Istio's own config generator applies deploy/istio/envoyfilter.yaml (its own module; ~7 min to build cold, so not in make test)
+	cd deploy/istio-configgen && $(GO) vet ./... && $(GO) test -count=1 -timeout 20m ./...
 
 bench: deps build ## benchmarks: Go micro-benchmarks, then Envoy-shaped load, report in bench/results
 	$(GO) build -o bin/ceiling ./bench/ceiling
