@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 mkdir -p bin
 (
   cd deploy &&
-    nice -n 19 "$GO" build -o ../bin/egctl github.com/envoyproxy/gateway/cmd/egctl &&
+    nice -n 19 "$GO" build -ldflags="-s -w" -o ../bin/egctl github.com/envoyproxy/gateway/cmd/egctl &&
     nice -n 19 "$GO" test -count=1 -run '^$' ./... >/dev/null
 ) >bin/deploy-build.log 2>&1 &
 build=$!
