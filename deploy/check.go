@@ -268,8 +268,8 @@ func (m *manifests) checkExtensionPolicy(p *egv1a1.EnvoyExtensionPolicy, s Serve
 	}
 	// Each request's stream is one request on the extension's cluster;
 	// Envoy's default circuit breaker allows 1024 at once.
-	if bs := x.BackendSettings; bs == nil || bs.CircuitBreaker == nil || bs.CircuitBreaker.MaxParallelRequests == nil || *bs.CircuitBreaker.MaxParallelRequests < 10000 {
-		fail("EnvoyExtensionPolicy %s: backendSettings.circuitBreaker.maxParallelRequests must be 10000 or more: each ext_proc stream is a request on the extension's cluster, and Envoy's default allows 1024", p.Name)
+	if bs := x.BackendSettings; bs == nil || bs.CircuitBreaker == nil || bs.CircuitBreaker.MaxParallelRequests == nil || *bs.CircuitBreaker.MaxParallelRequests < envoy.MinGRPCRequests {
+		fail("EnvoyExtensionPolicy %s: backendSettings.circuitBreaker.maxParallelRequests must be %d or more: each ext_proc stream is a request on the extension's cluster, and Envoy's default allows 1024", p.Name, envoy.MinGRPCRequests)
 	}
 	pm := x.ProcessingMode
 	if pm == nil || pm.Request == nil || !pm.AllowModeOverride {

@@ -121,7 +121,7 @@ func (tr *translated) problems(t *testing.T, variant string) []string {
 			maxReq = v
 		}
 	}
-	if maxReq < 10000 {
+	if maxReq < envoy.MinGRPCRequests {
 		fail("cluster %s: max_requests %v: ext_proc streams past it fail", egExtProcCluster, maxReq)
 	}
 	if variant == "tls" {

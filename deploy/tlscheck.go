@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"path"
 	"slices"
 	"strconv"
@@ -24,10 +25,14 @@ func checkProbes(d *appsv1.Deployment, c corev1.Container, env map[string]corev1
 		scheme = corev1.URISchemeHTTPS
 	}
 	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		var get *corev1.HTTPGetAction
+		if p != nil {
+			get = p.HTTPGet
+		}
 		switch {
 		case !tls && (p == nil || p.GRPC == nil || p.GRPC.Port != grpcPort):
 			fail("Deployment %s: %s probe must ask the gRPC health service on %d", d.Name, name, grpcPort)
-		case tls && (p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || !namesPort(c, p.HTTPGet.Port.String(), metricsPort) || p.HTTPGet.Scheme != scheme && !(p.HTTPGet.Scheme == "" && scheme == corev1.URISchemeHTTP)):
+		case tls && (get == nil || get.Path != "/healthz" || !namesPort(c, get.Port.String(), metricsPort) || cmp.Or(get.Scheme, corev1.URISchemeHTTP) != scheme):
 			fail("Deployment %s: with TLS on the gRPC port the %s probe must GET /healthz on the metrics port %d (%s): the kubelet's gRPC probes cannot speak TLS", d.Name, name, metricsPort, scheme)
 		}
 	}

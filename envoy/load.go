@@ -7,6 +7,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
 	// The extensions the bootstraps use: importing them registers their
@@ -37,20 +38,32 @@ func Load(path string) (*bootstrapv3.Bootstrap, error) {
 // Parse decodes a YAML bootstrap strictly (an unknown field or enum name
 // is an error, as in Envoy) and runs the protos' validation rules.
 func Parse(data []byte) (*bootstrapv3.Bootstrap, error) {
+	var b bootstrapv3.Bootstrap
+	if err := parseYAML(data, &b); err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return &b, nil
+}
+
+// parseYAML decodes one Envoy message from YAML as Envoy does: strictly,
+// then its validation rules.
+func parseYAML(data []byte, m interface {
+	proto.Message
+	ValidateAll() error
+}) error {
 	var doc any
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
+		return fmt.Errorf("yaml: %w", err)
 	}
 	js, err := json.Marshal(doc)
 	if err != nil {
-		return nil, fmt.Errorf("yaml to json: %w", err)
+		return fmt.Errorf("yaml to json: %w", err)
 	}
-	var b bootstrapv3.Bootstrap
-	if err := protojson.Unmarshal(js, &b); err != nil {
-		return nil, fmt.Errorf("bootstrap: %w", err)
+	if err := protojson.Unmarshal(js, m); err != nil {
+		return err
 	}
-	if err := b.ValidateAll(); err != nil {
-		return nil, fmt.Errorf("validation: %w", err)
+	if err := m.ValidateAll(); err != nil {
+		return fmt.Errorf("validation: %w", err)
 	}
-	return &b, nil
+	return nil
 }

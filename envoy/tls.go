@@ -1,7 +1,6 @@
 package envoy
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -9,8 +8,6 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"gopkg.in/yaml.v3"
 )
 
 // TLSSocket is the transport socket an UpstreamTlsContext needs.
@@ -23,20 +20,9 @@ func LoadCluster(path string) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	var doc any
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("%s: yaml: %w", path, err)
-	}
-	js, err := json.Marshal(doc)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	var c clusterv3.Cluster
-	if err := protojson.Unmarshal(js, &c); err != nil {
+	if err := parseYAML(data, &c); err != nil {
 		return nil, fmt.Errorf("%s: cluster: %w", path, err)
-	}
-	if err := c.ValidateAll(); err != nil {
-		return nil, fmt.Errorf("%s: validation: %w", path, err)
 	}
 	return &c, nil
 }

@@ -121,12 +121,13 @@ func CheckWiring(b *bootstrapv3.Bootstrap, w Wiring) error {
 	if len(vhs) == 0 {
 		fail("no virtual host")
 	}
+	_, isExtProc := r.Filter.(*extprocv3.ExternalProcessor)
 	for _, vh := range vhs {
-		if _, ok := r.Filter.(*extprocv3.ExternalProcessor); ok {
+		if isExtProc {
 			checkPerRouteModes(r.HCM.GetHttpFilters()[0].GetName(), vh, fail)
 		}
 		for _, rt := range vh.GetRoutes() {
-			if _, ok := r.Filter.(*extprocv3.ExternalProcessor); ok {
+			if isExtProc {
 				if err := checkRouteTimeout(rt, w); err != nil {
 					errs = append(errs, err)
 				}
@@ -195,8 +196,10 @@ func CheckOriginalDst(c *clusterv3.Cluster, ns string, w Wiring) error {
 	return nil
 }
 
-// minGRPCRequests is the least max_requests the gRPC cluster may allow.
-const minGRPCRequests = 10000
+// MinGRPCRequests is the least max_requests the cluster reaching
+// coord-extproc may allow: each ext_proc stream and each ext_authz check
+// is one request on it, and Envoy's default circuit breaker allows 1024.
+const MinGRPCRequests = 10000
 
 func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any)) {
 	if err := CheckTLS(c); err != nil {
@@ -210,8 +213,8 @@ func checkGRPCCluster(c *clusterv3.Cluster, w Wiring, fail func(string, ...any))
 			maxReq = th.GetMaxRequests().GetValue()
 		}
 	}
-	if maxReq < minGRPCRequests {
-		fail("cluster %s: circuit breaker max_requests %d: requests past it fail at once (set %d or more)", c.GetName(), maxReq, minGRPCRequests)
+	if maxReq < MinGRPCRequests {
+		fail("cluster %s: circuit breaker max_requests %d: requests past it fail at once (set %d or more)", c.GetName(), maxReq, MinGRPCRequests)
 	}
 	if c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] == nil {
 		fail("cluster %s: no HTTP/2 protocol options; gRPC needs HTTP/2", c.GetName())

@@ -148,10 +148,9 @@ func (x *exchange) onRequestHeaders(ctx context.Context, h *extprocv3.HttpHeader
 		x.awaiting = true
 		resp := x.s.routedHeaders(o)
 		if policy == overrideSend {
-			headersOnly, withBody := LifecycleModes()
-			resp.ModeOverride = headersOnly
+			resp.ModeOverride = overrideHeadersOnly
 			if o.rule.WantsBody() {
-				resp.ModeOverride = withBody
+				resp.ModeOverride = overrideWithBody
 			}
 		}
 		return resp

@@ -2,15 +2,15 @@ package extproc
 
 import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"google.golang.org/protobuf/proto"
 )
 
-// LifecycleModes are the mode overrides create and delete answers carry
-// to get the upstream's response headers (and, for an id read from the
-// response body, the body buffered): without the response the binding is
-// never written. A configuration with allowed_override_modes must list
-// both (envoy.CheckExtProc).
-func LifecycleModes() (headersOnly, withBody *filterv3.ProcessingMode) {
-	headersOnly = &filterv3.ProcessingMode{
+// The mode overrides create and delete answers carry to get the
+// upstream's response headers (and, for an id read from the response
+// body, the body buffered): without the response the binding is never
+// written. Shared by every answer (read-only once built).
+var (
+	overrideHeadersOnly = &filterv3.ProcessingMode{
 		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
 		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
 		RequestBodyMode:     filterv3.ProcessingMode_NONE,
@@ -18,15 +18,18 @@ func LifecycleModes() (headersOnly, withBody *filterv3.ProcessingMode) {
 		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
 		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
 	}
-	withBody = &filterv3.ProcessingMode{
-		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
-		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
-		RequestBodyMode:     filterv3.ProcessingMode_NONE,
-		ResponseBodyMode:    filterv3.ProcessingMode_BUFFERED,
-		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
-		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
-	}
-	return headersOnly, withBody
+	overrideWithBody = func() *filterv3.ProcessingMode {
+		m := proto.Clone(overrideHeadersOnly).(*filterv3.ProcessingMode)
+		m.ResponseBodyMode = filterv3.ProcessingMode_BUFFERED
+		return m
+	}()
+)
+
+// LifecycleModes returns copies of the two overrides create and delete
+// answers carry. A configuration with allowed_override_modes must list
+// both (envoy.CheckExtProc).
+func LifecycleModes() (headersOnly, withBody *filterv3.ProcessingMode) {
+	return proto.Clone(overrideHeadersOnly).(*filterv3.ProcessingMode), proto.Clone(overrideWithBody).(*filterv3.ProcessingMode)
 }
 
 // When Envoy takes a mode override (Filter::onReceiveMessage, v1.37–1.40):

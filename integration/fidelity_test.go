@@ -188,7 +188,7 @@ func TestLongCreateDeleteOutliveRotationAndShutdown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			s := newStack(t, stackOptions{coordArgs: []string{"--max-connection-age", "300ms", "--shutdown-grace", tc.grace}})
-			a := s.do(0, "POST", "/tenants?delay=1500ms", `{"tenantId":"slow"}`)
+			a := s.do(0, "POST", "/tenants?delay=2500ms", `{"tenantId":"slow"}`)
 			if !tc.survives {
 				if a.status != 500 {
 					t.Fatalf("create across a rotation with a short grace: %d %s, want the stream cut (500)", a.status, a.raw)

@@ -20,11 +20,7 @@ func hasDotSegmentWithParams(path string) bool {
 		} else {
 			path = ""
 		}
-		i := strings.IndexByte(seg, ';')
-		if i < 0 {
-			continue
-		}
-		if dot := seg[:i]; isDots(dot) {
+		if i := strings.IndexByte(seg, ';'); i >= 0 && isDots(seg[:i]) {
 			return true
 		}
 	}

@@ -111,31 +111,17 @@ func (c *Cluster) MasterOf(key string) (*Server, error) {
 		if !n.Running() {
 			continue
 		}
-		out, err := n.CLI("CLUSTER", "KEYSLOT", key)
-		if err != nil {
+		if role, err := n.CLI("ROLE"); err != nil || !strings.HasPrefix(role, "master") {
 			continue
 		}
-		slot := strings.TrimSpace(out)
-		role, err := n.CLI("ROLE")
-		if err != nil || !strings.HasPrefix(role, "master") {
-			continue
-		}
-		// COUNTKEYSINSLOT answers on any node; ask which node owns it.
-		nodes, err := n.CLI("CLUSTER", "NODES")
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(nodes, "\n") {
-			f := strings.Fields(line)
-			if len(f) < 9 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+		for _, f := range slotOwners(n, key) {
+			if strings.Contains(f[2], "fail") {
 				continue
 			}
-			if ownsSlot(f[8:], slot) {
-				addr, _, _ := strings.Cut(f[1], "@")
-				for _, m := range c.Nodes {
-					if m.Addr() == addr && m.Running() {
-						return m, nil
-					}
+			addr, _, _ := strings.Cut(f[1], "@")
+			for _, m := range c.Nodes {
+				if m.Addr() == addr && m.Running() {
+					return m, nil
 				}
 			}
 		}
@@ -152,22 +138,35 @@ func (c *Cluster) SelfPromoted(old *Server, key string) bool {
 		if n == old || !n.Running() {
 			continue
 		}
-		slot, err := n.CLI("CLUSTER", "KEYSLOT", key)
-		if err != nil {
-			continue
-		}
-		nodes, err := n.CLI("CLUSTER", "NODES")
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(nodes, "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 9 && strings.Contains(f[2], "myself") && strings.Contains(f[2], "master") && ownsSlot(f[8:], strings.TrimSpace(slot)) {
+		for _, f := range slotOwners(n, key) {
+			if strings.Contains(f[2], "myself") {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// slotOwners asks node n which nodes serve key's slot as master, in n's
+// own view of the cluster: its CLUSTER NODES lines, split into fields
+// (COUNTKEYSINSLOT answers on any node, so ownership is asked this way).
+func slotOwners(n *Server, key string) [][]string {
+	out, err := n.CLI("CLUSTER", "KEYSLOT", key)
+	if err != nil {
+		return nil
+	}
+	slot := strings.TrimSpace(out)
+	nodes, err := n.CLI("CLUSTER", "NODES")
+	if err != nil {
+		return nil
+	}
+	var owners [][]string
+	for _, line := range strings.Split(nodes, "\n") {
+		if f := strings.Fields(line); len(f) >= 9 && strings.Contains(f[2], "master") && ownsSlot(f[8:], slot) {
+			owners = append(owners, f)
+		}
+	}
+	return owners
 }
 
 func ownsSlot(ranges []string, slot string) bool {
