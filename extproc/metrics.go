@@ -65,6 +65,9 @@ func NewMetrics(reg prometheus.Registerer, stats *registry.Stats) *Metrics {
 			"coord_extproc_claims_limited_total":    stats.ClaimsLimited.Load,
 			"coord_extproc_members_pruned_total":    stats.MembersPruned.Load,
 			"coord_extproc_claims_reclaimed_total":  stats.ClaimsReclaimed.Load,
+			"coord_extproc_invalidations_total":     stats.Invalidations.Load,
+			"coord_extproc_member_refreshes_total":  stats.MemberRefreshes.Load,
+			"coord_extproc_member_changes_total":    stats.MemberChanges.Load,
 		} {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: counterHelp[name]},
 				func() float64 { return float64(c()) }))
@@ -90,6 +93,9 @@ var counterHelp = map[string]string{
 	"coord_extproc_claims_limited_total":    "Claims on miss refused by --claim-rate (answered 503 with Retry-After).",
 	"coord_extproc_members_pruned_total":    "Ids removed from the members set because their member record was gone (dead pods, junk).",
 	"coord_extproc_claims_reclaimed_total":  "Destinations claimed on miss and deleted unused: members all dead, untouched for --reclaim-after.",
+	"coord_extproc_invalidations_total":     "Registry keys Valkey said were written (heartbeats of members in use, binding changes, probes).",
+	"coord_extproc_member_refreshes_total":  "Member records read again after a write, off the request path (heartbeats of members in use).",
+	"coord_extproc_member_changes_total":    "Re-reads of member records that found a change routing sees (address, liveness, draining); the rest changed only load.",
 }
 
 func (m *Metrics) decision(api, action, result string) {

@@ -39,7 +39,7 @@ func (r *Registry) Lookup(ctx context.Context, destID string) (Binding, error) {
 			return Binding{}, fmt.Errorf("%w: %q", ErrNotFound, destID)
 		}
 	}
-	ms, err := r.memberEntries(ctx, ids, now)
+	ms, err := r.memberEntries(ctx, ids, now, exact)
 	if err != nil {
 		return Binding{}, err
 	}

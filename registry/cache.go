@@ -67,7 +67,8 @@ type idset struct {
 }
 
 // setView is a set's members split by state, built from member records.
-// It is rebuilt when any member record changes (memberGen).
+// A write to one of them reaches it as refresh.go states: a load moves in
+// place, any other change rebuilds it (memberGen).
 type setView struct {
 	memberGen  uint64
 	shardGen   uint64 // shards.gen when built: a slot move rebuilds it
@@ -78,10 +79,46 @@ type setView struct {
 	takers     []strategy.Candidate // live and not draining: may take new destinations
 	dead       []string
 	unroutable []string
+	// The entries it was built from: all of them, and live's and takers'
+	// in order (their loads move in place, see withLoads).
+	members, liveM, takerM []*memberEntry
 }
 
-func (r *Registry) usable(v *setView, gen uint64, now time.Time) bool {
-	return v != nil && v.memberGen == gen && v.shardGen == r.shards.gen.Load() && r.viewAge(v, now) < r.opt.CacheTTL
+func (r *Registry) usable(v *setView, gen uint64, now time.Time, x exactness) bool {
+	return v != nil && v.memberGen == gen && v.shardGen == r.shards.gen.Load() && r.viewAge(v, now) < r.opt.CacheTTL &&
+		r.refresh.allCurrent(v.members, r.mono(now), x)
+}
+
+// withLoads returns v with its candidates' current loads, for a strategy
+// that reads them; the copy replaces v in is, so loads that did not move
+// since cost nothing but a comparison.
+func (r *Registry) withLoads(is *idset, v *setView) *setView {
+	if !r.loadAware || (!loadsMoved(v.live, v.liveM) && !loadsMoved(v.takers, v.takerM)) {
+		return v
+	}
+	nv := *v
+	nv.live, nv.takers = currentLoads(v.live, v.liveM), currentLoads(v.takers, v.takerM)
+	if is != nil {
+		is.view.CompareAndSwap(v, &nv)
+	}
+	return &nv
+}
+
+func loadsMoved(cs []strategy.Candidate, ms []*memberEntry) bool {
+	for i := range cs {
+		if cs[i].Load != ms[i].load.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+func currentLoads(cs []strategy.Candidate, ms []*memberEntry) []strategy.Candidate {
+	out := slices.Clone(cs)
+	for i := range out {
+		out[i].Load = ms[i].load.Load()
+	}
+	return out
 }
 
 // viewAge is how long ago every record of v was last known current: no
@@ -109,11 +146,19 @@ type memberEntry struct {
 	draining bool
 	addr     string // IP:port; empty when unroutable (kept when down, for re-probes)
 	raw      string // the record's address field as the pod wrote it
-	load     int64
+	markVal  string // the down mark as read ("" when none)
+	memberState
+}
+
+// newMemberEntry returns an entry no request has used yet.
+func newMemberEntry(id string) *memberEntry {
+	e := &memberEntry{id: id}
+	e.usedAt.Store(neverUsed)
+	return e
 }
 
 func (m *memberEntry) candidate() strategy.Candidate {
-	return strategy.Candidate{ID: m.id, Address: m.addr, Load: m.load}
+	return strategy.Candidate{ID: m.id, Address: m.addr, Load: m.load.Load()}
 }
 
 // shared interns id lists by content.
@@ -257,11 +302,11 @@ func (r *Registry) allSet(ctx context.Context, now time.Time) (cur, old *setEntr
 
 // memberEntries returns the records of ids, reading the ones not cached
 // in a single pipelined call.
-func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Time) ([]*memberEntry, error) {
+func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Time, x exactness) ([]*memberEntry, error) {
 	out := make([]*memberEntry, len(ids))
 	var missing []int
 	for i, id := range ids {
-		if e, ok := r.members.Get(id); ok && r.memberFresh(e, now) {
+		if e, ok := r.members.Get(id); ok && r.memberFresh(e, now, x) {
 			out[i] = e
 			continue
 		}
@@ -271,20 +316,28 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 		return out, nil
 	}
 	seq, gen := r.inv.ticket(), r.flushGen.Load()
-	// Each member is two tracked reads: its record and its down mark. A
-	// mark that never changes is served by valkey-go's cache, so a
-	// heartbeat's re-read still costs one round trip.
-	cmds := make([]valkey.CacheableTTL, 0, 2*len(missing))
+	// Each member is two tracked reads: its record (on the records client,
+	// which re-arms its tracking) and its down mark, served by valkey-go's
+	// cache when it did not change, so a record's re-read costs one round
+	// trip.
+	recs := make(valkey.Commands, 0, len(missing))
+	marks := make([]valkey.CacheableTTL, 0, len(missing))
 	for _, i := range missing {
-		cmds = append(cmds,
-			valkey.CT(readMemberCached(r.client.B(), r.keys.member(ids[i])).ToStaticTTL(), r.opt.CacheTTL),
-			valkey.CT(r.client.B().Get().Key(r.keys.down(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
+		recs = append(recs, readMember(r.records.B(), r.keys.member(ids[i])))
+		marks = append(marks, valkey.CT(r.client.B().Get().Key(r.keys.down(ids[i])).Cache().ToStaticTTL(), r.opt.CacheTTL))
 	}
 	vctx, cancel := r.callCtx(ctx)
-	results := r.client.DoMultiCache(vctx, cmds...)
+	var recRes []valkey.ValkeyResult
+	read := make(chan struct{})
+	go func() { // at once with the marks: a cold read costs one round trip, not two
+		defer close(read)
+		recRes = r.records.DoMulti(vctx, recs...)
+	}()
+	markResults := r.client.DoMultiCache(vctx, marks...)
+	<-read
 	cancel()
 	for j, i := range missing {
-		rec, markRes := results[2*j], results[2*j+1]
+		rec, markRes := recRes[j], markResults[j]
 		fields, err := recordFields(rec)
 		err = r.valkeyErr(err)
 		if err != nil && !errors.Is(err, ErrMalformedRecord) {
@@ -299,14 +352,16 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 			// Not a hash: keep the member out of routing but never call
 			// it dead, so nothing is reassigned or removed because of it.
 			r.logBadAddress(ids[i], "<malformed record>", err)
-			e = &memberEntry{id: ids[i], live: true}
+			e = newMemberEntry(ids[i])
+			e.live = true
 		} else {
 			r.addrs.awaitFirst(ctx, fields["address"]) // a hostname's first answer, inside the budget
 			e = r.memberFromFields(ids[i], fields, mark)
 		}
+		e.markVal = mark
 		r.stamp(&e.freshness, r.readAt(rec, now), gen, r.keys.member(ids[i]))
 		r.stamp(&e.mark, r.readAt(markRes, now), gen, r.keys.down(ids[i]))
-		r.members.Add(ids[i], e)
+		r.putMember(ids[i], e)
 		out[i] = e
 	}
 	for _, i := range missing {
@@ -323,7 +378,7 @@ func (r *Registry) memberEntries(ctx context.Context, ids []string, now time.Tim
 // memberFromFields builds a member from its record's fields and the
 // address its down mark names ("" when unmarked).
 func (r *Registry) memberFromFields(id string, fields map[string]string, mark string) *memberEntry {
-	e := &memberEntry{id: id}
+	e := newMemberEntry(id)
 	raw := fields["address"]
 	if raw == "" {
 		return e // gone, or a record without an address: not live
@@ -332,8 +387,8 @@ func (r *Registry) memberFromFields(id string, fields map[string]string, mark st
 	e.down = isDown(raw, mark)
 	e.live = !e.down
 	e.draining = fields[drainingField] != ""
-	e.load, _ = strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
-	e.load = max(e.load, 0)                              // a negative load would win every least-loaded pick
+	load, _ := strconv.ParseInt(fields["load"], 10, 64) // missing or junk load is 0
+	e.load.Store(max(load, 0))                          // a negative load would win every least-loaded pick
 	if host, _, err := splitAddress(raw); err == nil {
 		if _, perr := netip.ParseAddr(host); perr != nil {
 			e.host = host // rebuilt when its DNS answer appears or changes (onResolved)
@@ -354,9 +409,11 @@ func (r *Registry) memberFromFields(id string, fields map[string]string, mark st
 }
 
 // memberFresh is fresh for member records: a record whose address is a
-// hostname is also rebuilt when any DNS answer changed since it was built.
-func (r *Registry) memberFresh(e *memberEntry, now time.Time) bool {
-	return r.fresh(&e.freshness, now) && r.fresh(&e.mark, now) && (e.host == "" || e.dnsGen == r.addrs.gen.Load())
+// hostname is also rebuilt when any DNS answer changed since it was built,
+// and a written record is used only as refresh.go allows.
+func (r *Registry) memberFresh(e *memberEntry, now time.Time, x exactness) bool {
+	return r.fresh(&e.freshness, now) && r.fresh(&e.mark, now) && (e.host == "" || e.dnsGen == r.addrs.gen.Load()) &&
+		r.refresh.current(e, r.mono(now), x)
 }
 
 // onResolved runs when a hostname's DNS answer appears or changes: every
@@ -372,12 +429,12 @@ func (r *Registry) onResolved(host string) {
 
 // viewOf returns the set's members split into live candidates, dead and
 // unroutable ids, shared with every set of the same members.
-func (r *Registry) viewOf(ctx context.Context, e *setEntry, now time.Time) (*setView, error) {
+func (r *Registry) viewOf(ctx context.Context, e *setEntry, now time.Time, x exactness) (*setView, error) {
 	gen := r.memberGen.Load()
-	if v := e.set.view.Load(); r.usable(v, gen, now) {
-		return v, nil
+	if v := e.set.view.Load(); r.usable(v, gen, now, x) {
+		return r.withLoads(e.set, v), nil
 	}
-	ms, err := r.memberEntries(ctx, e.set.ids, now)
+	ms, err := r.memberEntries(ctx, e.set.ids, now, x)
 	if err != nil {
 		return nil, err
 	}
@@ -401,6 +458,7 @@ func (r *Registry) buildView(ms []*memberEntry, gen uint64, set *freshness) *set
 	if set != nil {
 		add(set)
 	}
+	v.members = ms
 	for _, m := range ms {
 		add(&m.freshness)
 		add(&m.mark)
@@ -410,9 +468,9 @@ func (r *Registry) buildView(ms []*memberEntry, gen uint64, set *freshness) *set
 		case m.addr == "":
 			v.unroutable = append(v.unroutable, m.id)
 		default:
-			v.live = append(v.live, m.candidate())
+			v.live, v.liveM = append(v.live, m.candidate()), append(v.liveM, m)
 			if !m.draining {
-				v.takers = append(v.takers, m.candidate())
+				v.takers, v.takerM = append(v.takers, m.candidate()), append(v.takerM, m)
 			}
 		}
 	}

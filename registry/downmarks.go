@@ -55,18 +55,14 @@ func (r *Registry) MembersAt(ctx context.Context, addr string) ([]Suspect, error
 		}
 		e = old
 	}
-	v, err := r.viewOf(ctx, e, now)
+	ms, err := r.cachedMembers(ctx, e.set.ids, now)
 	if err != nil {
 		return nil, err
 	}
 	var out []Suspect
-	for _, c := range v.live {
-		if c.Address == addr {
-			raw := ""
-			if m, ok := r.members.Peek(c.ID); ok {
-				raw = m.raw
-			}
-			out = append(out, Suspect{ID: c.ID, Addr: addr, Raw: raw})
+	for _, m := range ms {
+		if m.live && m.addr == addr {
+			out = append(out, Suspect{ID: m.id, Addr: addr, Raw: m.raw})
 		}
 	}
 	return out, nil

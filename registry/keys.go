@@ -29,6 +29,16 @@ func newKeys(prefix string) keys {
 	}
 }
 
+// broadcast is the CLIENT TRACKING options of the main client: every key
+// it caches, by prefix, but member records (tracked apart, see New).
+func (k keys) broadcast() []string {
+	out := []string{"BCAST"}
+	for _, p := range []string{k.membersKey, k.recoveryKey, k.destPrefix, k.lockPrefix, k.probePrefix, k.downPrefix} {
+		out = append(out, "PREFIX", p)
+	}
+	return out
+}
+
 func (k keys) members() string         { return k.membersKey }
 func (k keys) member(id string) string { return k.memberPrefix + id }
 func (k keys) dest(id string) string   { return k.destPrefix + id }

@@ -25,7 +25,7 @@ func (r *Registry) RouteLock(ctx context.Context, lockID string) (Decision, erro
 	}
 	now := r.opt.Now()
 	if l, ok := r.locks.Get(lockID); ok && l.exists && r.fresh(&l.freshness, now) {
-		if m, ok := r.members.Get(l.podID); ok && m.live && m.addr != "" && r.memberFresh(m, now) {
+		if m, ok := r.members.Get(l.podID); ok && m.live && m.addr != "" && r.memberFresh(m, now, withinGrace) {
 			r.stats.CacheHits.Add(1)
 			return Decision{Member: m.candidate(), Result: ResultLockHit}, nil
 		}
@@ -54,7 +54,7 @@ func (r *Registry) routeLockSlow(ctx context.Context, lockID string, now time.Ti
 	if l.podID == "" {
 		return Decision{}, fmt.Errorf("%w: lock %q has no podId", ErrLockOwnerGone, lockID)
 	}
-	ms, err := r.memberEntries(ctx, []string{l.podID}, now)
+	ms, err := r.memberEntries(ctx, []string{l.podID}, now, withinGrace)
 	if err != nil {
 		return r.staleLock(lockID, now, err)
 	}

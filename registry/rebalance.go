@@ -132,7 +132,7 @@ func (r *Registry) Holdings(ctx context.Context) ([]Holding, error) {
 			if !m.live {
 				continue
 			}
-			h := &Holding{ID: id, Load: m.load, Handoff: f[handoffField] != "", Draining: m.draining}
+			h := &Holding{ID: id, Load: m.load.Load(), Handoff: f[handoffField] != "", Draining: m.draining}
 			byID[id] = h
 			out = append(out, h)
 		}

@@ -12,11 +12,6 @@ func readMember(b valkey.Builder, key string) valkey.Completed {
 	return b.Hmget().Key(key).Field(memberFields...).Build()
 }
 
-// readMemberCached is readMember through valkey-go's tracked cache.
-func readMemberCached(b valkey.Builder, key string) valkey.Cacheable {
-	return b.Hmget().Key(key).Field(memberFields...).Cache()
-}
-
 // recordFields turns a readMember reply into the fields present; an
 // error reply (WRONGTYPE: not a hash) is returned as is.
 func recordFields(res valkey.ValkeyResult) (map[string]string, error) {

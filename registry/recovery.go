@@ -281,7 +281,7 @@ func (h *recovery) hold(ctx context.Context) error {
 		return nil
 	}
 	slices.Sort(ids)
-	ms, err := h.r.memberEntries(ctx, ids, h.r.opt.Now())
+	ms, err := h.r.memberEntries(ctx, ids, h.r.opt.Now(), exact)
 	if err != nil {
 		return err
 	}
@@ -475,15 +475,22 @@ func (r *Registry) snapshotLive() []knownMember {
 
 // refreshMembers keeps the members set and every member's record cached,
 // so that the snapshot taken at a wipe lists every member that was live,
-// not only those this replica happened to route to. Unchanged data costs
-// no round trip (tracked cache); it runs beside the tracking probe.
+// not only those this replica happened to route to. It reads only records
+// not cached at all: a heartbeat's write does not make a member less
+// known (refresh.go), so a thousand heartbeating pods cost it nothing.
 func (r *Registry) refreshMembers() {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*r.opt.Timeout)
 	defer cancel()
 	now := r.opt.Now()
 	if e, _, err := r.allSet(ctx, now); err == nil {
-		if v, err := r.viewOf(ctx, e, now); err == nil {
-			r.stats.DrainingMembers.Store(int64(len(v.live) - len(v.takers)))
+		if ms, err := r.cachedMembers(ctx, e.set.ids, now); err == nil {
+			var draining int64
+			for _, m := range ms {
+				if m.live && m.addr != "" && m.draining {
+					draining++
+				}
+			}
+			r.stats.DrainingMembers.Store(draining)
 		}
 		r.ttls.observe(ctx, r, e.set.ids)
 	}

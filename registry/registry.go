@@ -178,15 +178,19 @@ type Registry struct {
 	opt    Options
 	keys   keys
 	client valkey.Client
-	addrs  *addressResolver
-	log    *slog.Logger
+	// records reads member records, tracked in default mode (New).
+	records valkey.Client
+	addrs   *addressResolver
+	log     *slog.Logger
 
 	sets *lru.Cache[string, *setEntry]
 	// negative holds destinations read empty (negative.go).
 	negative *lru.Cache[string, *setEntry]
 	members  *lru.Cache[string, *memberEntry]
-	locks    *lru.Cache[string, *lockEntry]
-	all      atomic.Pointer[setEntry] // the P:members set
+	// membersMu orders replacements of member entries (putMember).
+	membersMu sync.Mutex
+	locks     *lru.Cache[string, *lockEntry]
+	all       atomic.Pointer[setEntry] // the P:members set
 
 	// inv tells a load whether an invalidation of its key raced with it
 	// (invalidations.go states the invariant).
@@ -194,9 +198,13 @@ type Registry struct {
 	// flushGen moves when everything is invalid at once (FLUSHALL,
 	// reconnection); entries remember the generation they were built in.
 	flushGen atomic.Uint64
-	// memberGen moves when any member record changes, so candidate lists
-	// derived from member records are rebuilt.
+	// memberGen moves when a member changes in a way routing sees (not a
+	// load: refresh.go), so candidate lists derived from member records
+	// are rebuilt.
 	memberGen atomic.Uint64
+	refresh   *refresher
+	// loadAware: the strategy reads loads, so views keep them current.
+	loadAware bool
 	recovery  *recovery
 	// base anchors monotonic timestamps.
 	base     time.Time
@@ -232,6 +240,13 @@ type Stats struct {
 	// ClaimsReclaimed counts destinations claimed on miss and deleted
 	// unused, their members all dead (reclaim.go).
 	ClaimsReclaimed atomic.Uint64
+	// MemberRefreshes counts member records read again after a write
+	// (heartbeats mostly), off the request path; MemberChanges those
+	// reads that found a change routing sees (refresh.go).
+	MemberRefreshes, MemberChanges atomic.Uint64
+	// Invalidations counts the keys Valkey told this replica were written
+	// (a flush or lost connection counts one).
+	Invalidations atomic.Uint64
 }
 
 // New connects to Valkey and returns a Registry. It enables broadcast
@@ -263,17 +278,21 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	if r.negative, err = lru.New[string, *setEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: negative cache: %w", err)
 	}
-	if r.members, err = lru.New[string, *memberEntry](opt.CacheSize); err != nil {
+	// An entry leaving the cache is retired: invalidations no longer reach
+	// it, so views holding it must not be trusted (refresh.go).
+	if r.members, err = lru.NewWithEvict(opt.CacheSize, func(_ string, e *memberEntry) { e.invalid.Store(true) }); err != nil {
 		return nil, fmt.Errorf("registry: member cache: %w", err)
 	}
 	if r.locks, err = lru.New[string, *lockEntry](opt.CacheSize); err != nil {
 		return nil, fmt.Errorf("registry: lock cache: %w", err)
 	}
-	r.probe = newProber(r) // before the client: the invalidation callback uses both
+	r.probe = newProber(r) // before the client: the invalidation callback uses these
 	r.recovery = newRecovery(r)
+	r.refresh = newRefresher(r)
+	r.loadAware = strategy.UsesLoad(opt.Strategy)
 	co := opt.Client
 	co.DisableCache = false
-	co.ClientTrackingOptions = []string{"PREFIX", opt.Prefix + ":", "BCAST"}
+	co.ClientTrackingOptions = r.keys.broadcast()
 	co.OnInvalidations = r.onInvalidations
 	if co.CacheSizeEachConn == 0 {
 		// valkey-go's cache is the second level here; the derived caches
@@ -281,16 +300,39 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		// would dwarf them (valkey-go opens several connections).
 		co.CacheSizeEachConn = 1 << 20
 	}
+	if co.PipelineMultiplex == 0 {
+		// One connection per server: broadcast tracking sends every
+		// invalidation on each of them, and reading one costs a wake-up
+		// and a syscall (~26 µs here) — with valkey-go's default of two
+		// connections on two cores, every heartbeat was read twice.
+		co.PipelineMultiplex = -1
+	}
 	if co.ConnWriteTimeout == 0 {
 		// valkey-go's default (10 s) keeps a hung connection, and with it
 		// a hung master's answers, for ten seconds.
 		co.ConnWriteTimeout = DefaultConnTimeout
 	}
+	// Member records are tracked apart, in Valkey's default mode: the
+	// server tells this client of a record's write only if it read the
+	// record since the last one it told of. Every heartbeat rewrites a
+	// record; a broadcast would push each one to every replica (a wake-up
+	// and a syscall each), while here a record nobody reads again costs
+	// one push, then nothing (refresh.go). It connects first: its short
+	// handshake reports a refused password as such, where the broadcast
+	// client's (over ten arguments) is cut off by Valkey's limit on
+	// unauthenticated commands (EOF).
+	rc := co
+	rc.ClientTrackingOptions = []string{}
+	if r.records, err = valkey.NewClient(rc); err != nil {
+		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
+	}
 	if r.client, err = valkey.NewClient(co); err != nil {
+		r.records.Close()
 		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
 	}
 	if err := refuseSentinel(ctx, r.client, opt.Timeout); err != nil {
 		r.client.Close()
+		r.records.Close()
 		return nil, err
 	}
 	r.shards.cluster.Store(r.client.Mode() == valkey.ClientModeCluster)
@@ -300,6 +342,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	r.reclaim = newReclaimer(r)
 	r.probe.start()
 	r.recovery.start()
+	r.refresh.start()
 	// First contact: write the epoch now if Valkey answers; if it does not,
 	// the recovery loop and every negative decision retry it.
 	_ = r.recovery.verify(ctx)
@@ -315,7 +358,9 @@ func (r *Registry) Close() {
 	r.cleanup.stop()
 	r.prune.stop()
 	r.reclaim.stop()
+	r.refresh.stop()
 	r.client.Close()
+	r.records.Close()
 }
 
 // Stats returns the registry's counters.
@@ -346,6 +391,7 @@ func (r *Registry) Ping(ctx context.Context) error {
 }
 
 func (r *Registry) onInvalidations(msgs []valkey.ValkeyMessage) {
+	r.stats.Invalidations.Add(uint64(max(len(msgs), 1)))
 	if msgs == nil { // FLUSHALL/FLUSHDB or a lost connection
 		r.inv.everything()
 		r.flushGen.Add(1)
@@ -386,11 +432,12 @@ func (r *Registry) invalidateKey(key string) {
 			e.invalid.Store(true)
 		}
 	case strings.HasPrefix(key, r.keys.memberPrefix):
+		// No memberGen move: whether routing sees this write is for the
+		// re-read to tell (refresh.go).
 		id := key[len(r.keys.memberPrefix):]
 		if e, ok := r.members.Peek(id); ok {
-			e.invalid.Store(true)
+			r.refresh.written(e, r.mono(r.opt.Now()))
 		}
-		r.memberGen.Add(1)
 		r.recovery.onMemberWrite(id)
 	case strings.HasPrefix(key, r.keys.downPrefix):
 		if e, ok := r.members.Peek(key[len(r.keys.downPrefix):]); ok {

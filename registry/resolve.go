@@ -39,7 +39,8 @@ func (r *Registry) Route(ctx context.Context, destID string, opt RouteOptions) (
 	}
 	now := r.opt.Now()
 	if e, ok := r.sets.Get(destID); ok && r.fresh(&e.freshness, now) {
-		if v := e.set.view.Load(); r.usable(v, r.memberGen.Load(), now) && len(v.live) > 0 {
+		if v := e.set.view.Load(); r.usable(v, r.memberGen.Load(), now, withinGrace) && len(v.live) > 0 {
+			v = r.withLoads(e.set, v)
 			if c, ok := r.opt.Strategy.Pick(destID, v.live); ok {
 				r.stats.CacheHits.Add(1)
 				r.cleanDead(destID, e, v)
@@ -72,7 +73,7 @@ func (r *Registry) routeSlow(ctx context.Context, destID string, opt RouteOption
 // decide routes by the state of the set's members: live, none, unroutable
 // or all dead.
 func (r *Registry) decide(ctx context.Context, destID string, e *setEntry, opt RouteOptions, now time.Time) (Decision, error) {
-	v, err := r.viewOf(ctx, e, now)
+	v, err := r.viewOf(ctx, e, now, withinGrace)
 	if err != nil {
 		return r.stale(destID, e, now, err)
 	}
@@ -229,7 +230,7 @@ func (r *Registry) onOrphan(ctx context.Context, destID string, dead []string, o
 // or written by a script).
 func (r *Registry) routeIDs(ctx context.Context, destID string, ids []string, res Result, now time.Time) (Decision, error) {
 	g := r.recovery.begin(ctx)
-	ms, err := r.memberEntries(ctx, ids, now)
+	ms, err := r.memberEntries(ctx, ids, now, exact)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -251,7 +252,7 @@ func (r *Registry) pickLive(ctx context.Context, destID string, now time.Time) (
 	if err != nil {
 		return strategy.Candidate{}, err
 	}
-	v, err := r.viewOf(ctx, e, now)
+	v, err := r.viewOf(ctx, e, now, exact)
 	if err != nil {
 		return strategy.Candidate{}, err
 	}

@@ -47,6 +47,9 @@ type random struct {
 // [0, n) and be safe for concurrent use (math/rand/v2.IntN is).
 func NewRandom(intN func(int) int) Strategy { return &random{intN: intN} }
 
+// IgnoresLoad: random never reads loads (LoadBlind).
+func (r *random) IgnoresLoad() {}
+
 func (r *random) Pick(_ string, c []Candidate) (Candidate, bool) {
 	if len(c) == 0 {
 		return Candidate{}, false

@@ -44,6 +44,9 @@ func NewRoundRobin(limit int) Strategy {
 	return rr
 }
 
+// IgnoresLoad: round-robin never reads loads (LoadBlind).
+func (rr *roundRobin) IgnoresLoad() {}
+
 func (rr *roundRobin) Pick(destID string, c []Candidate) (Candidate, bool) {
 	switch len(c) {
 	case 0:

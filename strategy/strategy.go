@@ -63,3 +63,17 @@ func New(name string) (Strategy, error) {
 	}
 	return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknown, name, strings.Join(Names(), ", "))
 }
+
+// LoadBlind is implemented by strategies that never read Candidate.Load,
+// so callers need not keep loads current for them.
+type LoadBlind interface {
+	IgnoresLoad()
+}
+
+// UsesLoad reports whether s may read Candidate.Load: true unless s is
+// LoadBlind (round-robin and random are; a custom strategy is assumed to
+// read loads unless it says otherwise).
+func UsesLoad(s Strategy) bool {
+	_, blind := s.(LoadBlind)
+	return !blind
+}

@@ -12,7 +12,12 @@ import (
 
 // scaleCurves measures the three curves.
 func (b *bench) scaleCurves(ctx context.Context, rep *report) error {
-	for _, curve := range []func(context.Context) (*scaleCurve, error){b.destinationCurve, b.podCurve, b.replicaCurve} {
+	curves := map[string]func(context.Context) (*scaleCurve, error){"destinations": b.destinationCurve, "pods": b.podCurve, "replicas": b.replicaCurve}
+	for _, name := range strings.Split(b.o.curves, ",") {
+		curve, ok := curves[name]
+		if !ok {
+			return fmt.Errorf("unknown scale curve %q (destinations, pods, replicas)", name)
+		}
 		c, err := curve(ctx)
 		if err != nil {
 			return err
@@ -70,34 +75,51 @@ func (b *bench) destinationCurve(ctx context.Context) (*scaleCurve, error) {
 }
 
 // podCurve runs ever more heartbeating pods (real registry.Members, one
-// heartbeat a second each) under 10 000 cached destinations.
+// heartbeat a second each) under 10 000 cached destinations; its control
+// is the 1 000-pod point again with SPEC §8's work beside the requests.
 func (b *bench) podCurve(ctx context.Context) (*scaleCurve, error) {
-	pods, dests := []int{5, 50, 200, 1000}, 10_000
+	pods, dests, control := []int{5, 50, 200, 1000, 2000}, 10_000, 1000
 	if b.o.quick {
-		pods, dests = []int{5, 20}, 500
+		pods, dests, control = []int{5, 20}, 500, 20
 	}
 	c := &scaleCurve{Name: "pods", X: "pods heartbeating every second", What: fmt.Sprintf("one coord-extproc, %d destinations spread over the pods", dests)}
 	for _, n := range pods {
-		prefix := fmt.Sprintf("scale-pods-%d", n)
-		stop, err := b.heartbeats(ctx, prefix, n)
-		if err != nil {
-			return nil, err
-		}
-		p, err := b.podPoint(ctx, prefix, n, dests)
-		stop()
+		p, err := b.podPoint(ctx, n, dests, false)
 		if err != nil {
 			return nil, err
 		}
 		b.addPoint(c, n, p)
 	}
+	ctrl, err := b.podPoint(ctx, control, dests, true)
+	if err != nil {
+		return nil, err
+	}
+	c.Control = &ctrl
+	c.ControlWhat = fmt.Sprintf("%d pods with SPEC §8 at work: %d failure reports/s on %d pods (probed, cleared), one pod in %d draining, every pod polling its handoff queue",
+		control, reportsPerTick*10, reportedPods, drainEvery)
+	fmt.Fprintf(b.log, "bench: scale pods control (%s): %.1f µs/decision, %.4f cmds, idle %.1f ms/s\n", c.ControlWhat, ctrl.CPUMicros, ctrl.ValkeyCmds, ctrl.IdleCPUMillis)
 	return c, nil
 }
 
-func (b *bench) podPoint(ctx context.Context, prefix string, pods, dests int) (scalePoint, error) {
+func (b *bench) podPoint(ctx context.Context, pods, dests int, planned bool) (scalePoint, error) {
+	prefix := fmt.Sprintf("scale-pods-%d", pods)
+	if planned {
+		prefix += "-planned"
+	}
+	stopBeats, err := b.heartbeats(ctx, prefix, pods, planned)
+	if err != nil {
+		return scalePoint{}, err
+	}
+	defer stopBeats()
 	if err := b.seedDests(ctx, prefix, "d", 0, dests, func(i int) string { return fmt.Sprintf("pod-%d", i%pods) }); err != nil {
 		return scalePoint{}, err
 	}
 	time.Sleep(1500 * time.Millisecond) // every pod registered (they start within a second)
+	if planned {
+		if err := b.drainSome(ctx, prefix, pods); err != nil {
+			return scalePoint{}, err
+		}
+	}
 	s, err := b.startScaled(ctx, "coord-extproc-scale-pods", "--key-prefix", prefix)
 	if err != nil {
 		return scalePoint{}, err
@@ -107,6 +129,13 @@ func (b *bench) podPoint(ctx context.Context, prefix string, pods, dests int) (s
 	if err := b.warm(ctx, s, 0, dests, id); err != nil {
 		return scalePoint{}, err
 	}
+	if planned {
+		stopReports, err := failureReports(ctx, s.addr, podPort)
+		if err != nil {
+			return scalePoint{}, err
+		}
+		defer stopReports()
+	}
 	time.Sleep(time.Second) // a full round of heartbeats against a warm cache
 	return b.fixedLoad(ctx, []*server{s}, b.o.cpuRate, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
 		heartbeatCommands...)
@@ -114,7 +143,7 @@ func (b *bench) podPoint(ctx context.Context, prefix string, pods, dests int) (s
 
 // heartbeatCommands are what a pod's heartbeat runs (the script and the
 // commands inside it): the pods' traffic, not the coordinator's.
-var heartbeatCommands = []string{"evalsha", "eval", "hexists", "hset", "pexpire"}
+var heartbeatCommands = []string{"evalsha", "eval", "hexists", "hset", "pexpire", "lpop"} // lpop: the handoff queue's poll
 
 // replicaCurve shares one Valkey between ever more coord-extproc replicas,
 // the same total load split among them, while bindings change at a steady
@@ -208,6 +237,6 @@ func (c *scaleCurve) markdown(b *strings.Builder) {
 		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.2f | %.1f | %.4f | %.0f | %.0f | %d | %d |\n", p.X, p.CPUMicros, p.IdleCPUMillis, p.GCPerThousand, p.ValkeyCPUMicros, p.ValkeyCmds, p.RSSMiB, p.HeapMiB, p.Decisions, p.Errors)
 	}
 	if p := c.Control; p != nil {
-		fmt.Fprintf(b, "\nControl, %s: %.1f µs per decision, idle %.1f ms/s.\n", c.ControlWhat, p.CPUMicros, p.IdleCPUMillis)
+		fmt.Fprintf(b, "\nControl, %s: %.1f µs per decision, idle %.1f ms/s, %.4f coordinator Valkey commands per decision, %d errors.\n", c.ControlWhat, p.CPUMicros, p.IdleCPUMillis, p.ValkeyCmds, p.Errors)
 	}
 }

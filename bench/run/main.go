@@ -28,6 +28,7 @@ type options struct {
 	memoryDests                      int
 	quick, memoryOnly                bool
 	scale, scaleOnly                 bool
+	curves                           string // the scale curves measured, comma-separated
 	// The paired CPU measurement: a fixed offered load, each stream held
 	// as Envoy holds it while the upstream works.
 	cpuRate   float64
@@ -63,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.memoryOnly, "memory-only", false, "only the memory measurement")
 	fs.BoolVar(&o.scale, "scale", true, "measure the scale curves (destinations, pods, replicas)")
 	fs.BoolVar(&o.scaleOnly, "scale-only", false, "only the scale curves")
+	fs.StringVar(&o.curves, "curves", "destinations,pods,replicas", "which scale curves to measure")
 	fs.Float64Var(&o.cpuRate, "cpu-rate", 3000, "offered req/s for the paired CPU-per-decision rounds")
 	fs.IntVar(&o.cpuRounds, "cpu-rounds", 11, "paired, interleaved rounds of the CPU and p99 measurements (median reported)")
 	fs.StringVar(&o.coordArgs, "coord-args", "", "extra coord-extproc flags (space-separated), e.g. to measure a setting's effect")

@@ -214,6 +214,40 @@ func (r *report) finish() {
 	if m := r.Memory; m != nil {
 		r.Targets = append(r.Targets, target{fmt.Sprintf("RSS with %d cached destinations < 300 MiB", m.Destinations), fmt.Sprintf("%.0f MiB", float64(m.RSSBytes)/(1<<20)), m.RSSBytes < 300<<20})
 	}
+	r.podTargets()
+}
+
+// idleBefore23 is the idle CPU at 1 000 heartbeating pods measured before
+// issue #23 (bench/results of 2026-11-21): the target halves it.
+const idleBefore23 = 65.0
+
+// podTargets are issue #23's: a thousand heartbeating pods cost nothing.
+func (r *report) podTargets() {
+	var pods *scaleCurve
+	for _, c := range r.Scale {
+		if c.Name == "pods" {
+			pods = c
+		}
+	}
+	if pods == nil || len(pods.Points) == 0 {
+		return
+	}
+	base := pods.Points[0]
+	for _, p := range pods.Points {
+		if p.X != 1000 {
+			continue
+		}
+		ratio := p.CPUMicros / max(base.CPUMicros, 0.001)
+		r.Targets = append(r.Targets,
+			target{fmt.Sprintf("pods: CPU per decision at 1000 heartbeating pods ≤ 1.15 × at %d", base.X), fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", ratio, p.CPUMicros, base.CPUMicros), ratio <= 1.15},
+			target{"pods: coordinator's Valkey commands per decision at 1000 pods ≤ 0.05", fmt.Sprintf("%.4f", p.ValkeyCmds), p.ValkeyCmds <= 0.05},
+			target{fmt.Sprintf("pods: idle CPU at 1000 pods ≤ half the %.0f ms/s measured before #23", idleBefore23), fmt.Sprintf("%.1f ms/s", p.IdleCPUMillis), p.IdleCPUMillis <= idleBefore23/2})
+		if c := pods.Control; c != nil {
+			cr := c.CPUMicros / max(p.CPUMicros, 0.001)
+			r.Targets = append(r.Targets, target{"pods: SPEC §8 at work (failure reports, draining, handoff polls) adds nothing to a decision: ≤ 1.15 × the 1000-pod point",
+				fmt.Sprintf("%.2f× (%.1f vs %.1f µs)", cr, c.CPUMicros, p.CPUMicros), cr <= 1.15})
+		}
+	}
 }
 
 func (r *report) markdown() string {

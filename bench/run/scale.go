@@ -217,15 +217,20 @@ func (b *bench) doAll(ctx context.Context, cmds valkey.Commands) error {
 
 // heartbeats runs n real registry.Members under prefix, each heartbeating
 // every second with a changing load (every heartbeat rewrites its record,
-// so every coordinator caching it is told). stop deregisters them.
-func (b *bench) heartbeats(ctx context.Context, prefix string, n int) (stop func(), err error) {
+// so every coordinator caching it is told). With planned, each also serves
+// handoffs (SPEC §8.2: it polls its handoff queue). stop deregisters them.
+func (b *bench) heartbeats(ctx context.Context, prefix string, n int, planned bool) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	stop = func() { cancel(); wg.Wait() }
 	for p := range n {
-		m, err := registry.NewMember(registry.MemberOptions{Client: b.client, Prefix: prefix, ID: fmt.Sprintf("pod-%d", p),
-			Address: fmt.Sprintf("http://127.0.0.1:%d", 10000+p), TTL: 5 * time.Second, HeartbeatInterval: time.Second,
-			Load: func() int64 { return rand.Int64N(100) }})
+		opt := registry.MemberOptions{Client: b.client, Prefix: prefix, ID: fmt.Sprintf("pod-%d", p),
+			Address: fmt.Sprintf("http://127.0.0.1:%d", podPort(p)), TTL: 5 * time.Second, HeartbeatInterval: time.Second,
+			Load: func() int64 { return rand.Int64N(100) }}
+		if planned {
+			opt.Handoff = func(context.Context, string, registry.PeerLoad) error { return nil }
+		}
+		m, err := registry.NewMember(opt)
 		if err != nil {
 			stop()
 			return nil, err
@@ -241,6 +246,9 @@ func (b *bench) heartbeats(ctx context.Context, prefix string, n int) (stop func
 	}
 	return stop, nil
 }
+
+// podPort is where heartbeating pod p says it listens.
+func podPort(p int) int { return 10000 + p }
 
 // churnBindings adds and removes a second pod on destinations, writes per
 // second, until ctx ends.
