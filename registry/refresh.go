@@ -60,8 +60,9 @@ const (
 	hotFor = int64(time.Second)
 	// refreshGather is how long the refresher waits after a first write
 	// for others to read with it: at a thousand heartbeats a second, one
-	// call for several records instead of one each.
-	refreshGather = 5 * time.Millisecond
+	// call for some 25 records instead of one each (a quarter of the
+	// default grace).
+	refreshGather = 25 * time.Millisecond
 )
 
 func newRefresher(r *Registry) *refresher {

@@ -300,13 +300,6 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 		// would dwarf them (valkey-go opens several connections).
 		co.CacheSizeEachConn = 1 << 20
 	}
-	if co.PipelineMultiplex == 0 {
-		// One connection per server: broadcast tracking sends every
-		// invalidation on each of them, and reading one costs a wake-up
-		// and a syscall (~26 µs here) — with valkey-go's default of two
-		// connections on two cores, every heartbeat was read twice.
-		co.PipelineMultiplex = -1
-	}
 	if co.ConnWriteTimeout == 0 {
 		// valkey-go's default (10 s) keeps a hung connection, and with it
 		// a hung master's answers, for ten seconds.
@@ -323,6 +316,7 @@ func New(ctx context.Context, opt Options) (*Registry, error) {
 	// unauthenticated commands (EOF).
 	rc := co
 	rc.ClientTrackingOptions = []string{}
+	rc.PipelineMultiplex = -1 // one connection per server: reads are batched, pushes few
 	if r.records, err = valkey.NewClient(rc); err != nil {
 		return nil, fmt.Errorf("registry: connect to valkey %v: %w", co.InitAddress, err)
 	}

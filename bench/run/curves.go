@@ -143,7 +143,9 @@ func (b *bench) podPoint(ctx context.Context, pods, dests int, planned bool) (sc
 
 // heartbeatCommands are what a pod's heartbeat runs (the script and the
 // commands inside it): the pods' traffic, not the coordinator's.
-var heartbeatCommands = []string{"evalsha", "eval", "hexists", "hset", "pexpire", "lpop"} // lpop: the handoff queue's poll
+// (sadd: each heartbeat puts its id back in P:members; lpop: the handoff
+// queue's poll).
+var heartbeatCommands = []string{"evalsha", "eval", "hexists", "hset", "pexpire", "sadd", "lpop"}
 
 // replicaCurve shares one Valkey between ever more coord-extproc replicas,
 // the same total load split among them, while bindings change at a steady

@@ -74,6 +74,17 @@ func (b *bench) fixedLoad(ctx context.Context, srvs []*server, rate float64, nex
 		return p, ctx.Err()
 	}
 	p.IdleCPUMillis = float64((fleetCPU() - idle0).Milliseconds()) / idle.Seconds() / float64(len(srvs))
+	// A second of the load, not measured: the first request to each pod
+	// after idleness reads the record its heartbeats wrote meanwhile
+	// (refresh.go). The rounds measure the steady state.
+	prime := loadgen.Config{Mode: loadgen.ExtProc, Target: srvs[0].addr, Conns: b.o.conns, Concurrency: b.o.concurrency,
+		Rate: rate / float64(len(srvs)), Duration: time.Second, Next: next, Hold: b.o.hold}
+	for _, s := range srvs {
+		prime.Target = s.addr
+		if _, err := loadgen.Run(ctx, prime); err != nil {
+			return p, err
+		}
+	}
 	gc0 := gcs()
 	vcpu0, _ := cpuTime(b.valkey.Pid())
 	cmds0, err := b.commands(ctx, notOurs...)
@@ -153,18 +164,26 @@ func (b *bench) startScaled(ctx context.Context, name string, extra ...string) (
 
 // warm resolves ids [from, to) once through s, closed loop, at a
 // concurrency the two cores here absorb: more only queues cold reads
-// behind each other until some miss the 150 ms decision budget.
+// behind each other until some miss the 150 ms decision budget. With a
+// thousand pods heartbeating from this process a few cold reads still
+// outlast their 50 ms call deadline (503): a second pass, answered from
+// the cache but for those, reads them; it must have no error.
 func (b *bench) warm(ctx context.Context, s *server, from, to int, id func(i int) string) error {
-	res, err := loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtAuthz, Target: s.addr, Conns: b.o.conns, Concurrency: 32,
-		Duration: 10 * time.Minute, MaxRequests: uint64(to - from),
-		Next: func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(from+int(i))) }})
-	if err != nil {
-		return err
+	var res *loadgen.Result
+	for pass := range 2 {
+		var err error
+		res, err = loadgen.Run(ctx, loadgen.Config{Mode: loadgen.ExtAuthz, Target: s.addr, Conns: b.o.conns, Concurrency: 32,
+			Duration: 10 * time.Minute, MaxRequests: uint64(to - from),
+			Next: func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(from+int(i))) }})
+		if err != nil {
+			return err
+		}
+		if res.Errors == 0 {
+			return nil
+		}
+		fmt.Fprintf(b.log, "bench: warming %s, pass %d: %d errors %v\n", s.name, pass+1, res.Errors, res.ErrorKinds)
 	}
-	if res.Errors > 0 {
-		return fmt.Errorf("warming %s: %d errors %v", s.name, res.Errors, res.ErrorKinds)
-	}
-	return nil
+	return fmt.Errorf("warming %s: %d errors %v in the second pass", s.name, res.Errors, res.ErrorKinds)
 }
 
 // spread picks id i of n with a multiplicative hash, so a run touches the
