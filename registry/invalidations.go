@@ -13,6 +13,13 @@ import (
 // reading and, once the entry is stored, asks raced(key, ticket); if so
 // it marks the entry for re-validation.
 //
+// Which invalidation reaches which cached data: a destination set's, a
+// lock's, the members set's and a down mark's mark that entry (a down
+// mark also rebuilds every view, memberGen); a member record's marks the
+// record written and leaves views alone until a re-read finds more than
+// a new load (refresh.go states that rule); a flush or lost connection
+// marks everything.
+//
 // Invalidations of other keys do not count. They did in the first
 // version, which made reads self-defeating on a registry with many
 // heartbeating pods: every heartbeat is an invalidation, so with 200 pods
