@@ -17,9 +17,12 @@ import (
 //
 // A view routes with a member's record as last read for at most the
 // registry's grace (2 × Timeout) after Valkey announced a write to that
-// record. Within it, the record is read again off the request path (the
-// refresher, batched); past it, a request that needs the record reads it
-// itself, as on a miss. What the re-read finds decides who is told:
+// record, and only a record that routed (live, with an address). Within
+// it, the record is read again off the request path (the refresher,
+// batched); past it, a request that needs the record reads it itself, as
+// on a miss. Claims, reassignments, the recovery hold and operators'
+// listings read a written record first (exact). What the re-read finds
+// decides who is told:
 //   - only `load` changed: the entry is updated in place; no view is
 //     rebuilt, and a load-aware strategy sees the new figure on its next
 //     request (withLoads);
@@ -33,8 +36,10 @@ import (
 // every view still holding it is rebuilt on its next use.
 //
 // Reads are spent only on records in use: a write to a record no request
-// used for a CacheTTL marks its entry dirty and nothing more (an idle
-// replica reads nothing per heartbeat); its next user reads it.
+// used for hotFor marks its entry dirty and nothing more; its next user
+// reads it. Valkey tells of a record's writes only while it was read since
+// the last one told (default-mode tracking, see New), so an idle replica
+// hears once of each pod and then nothing, however often it heartbeats.
 type refresher struct {
 	r       *Registry
 	grace   int64 // nanoseconds

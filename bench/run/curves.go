@@ -82,7 +82,7 @@ func (b *bench) podCurve(ctx context.Context) (*scaleCurve, error) {
 	if b.o.quick {
 		pods, dests, control = []int{5, 20}, 500, 20
 	}
-	c := &scaleCurve{Name: "pods", X: "pods heartbeating every second", What: fmt.Sprintf("one coord-extproc, %d destinations spread over the pods", dests)}
+	c := &scaleCurve{Name: "pods", X: "pods heartbeating every second", What: fmt.Sprintf("one coord-extproc, %d destinations spread over the pods; idle measured from 2 s after the last request", dests)}
 	for _, n := range pods {
 		p, err := b.podPoint(ctx, n, dests, false)
 		if err != nil {
@@ -136,7 +136,11 @@ func (b *bench) podPoint(ctx context.Context, pods, dests int, planned bool) (sc
 		}
 		defer stopReports()
 	}
-	time.Sleep(time.Second) // a full round of heartbeats against a warm cache
+	// Two full rounds of heartbeats against a warm cache before the idle
+	// window: a replica re-reads the records of pods it served in the last
+	// second, and Valkey tells it of the next write to each of those once
+	// more (refresh.go); from then on an idle replica is told nothing.
+	time.Sleep(2 * time.Second)
 	return b.fixedLoad(ctx, []*server{s}, b.o.cpuRate, func(i uint64) loadgen.Request { return byHeader("x-destination-id", id(int(spread(i, dests)))) },
 		heartbeatCommands...)
 }
