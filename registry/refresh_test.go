@@ -18,7 +18,6 @@ import (
 func TestLoadOnlyWritesKeepViews(t *testing.T) {
 	for _, mode := range deploymentModes {
 		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
 			d := startDeployment(t, mode)
 			testLoadOnlyWritesKeepViews(t, d.client(t), d.registry(t, func(o *Options) { o.Timeout = patientTimeout }))
 		})
@@ -165,7 +164,6 @@ func TestLeastLoadedSeesLoadWithinOneHeartbeat(t *testing.T) {
 func TestHeartbeatsCostAnIdleReplicaNothing(t *testing.T) {
 	for _, mode := range deploymentModes {
 		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
 			d := startDeployment(t, mode)
 			testHeartbeatsCostAnIdleReplicaNothing(t, d.client(t), d.registry(t, func(o *Options) { o.Timeout = patientTimeout }))
 		})
